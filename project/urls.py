@@ -1,0 +1,15 @@
+"""URLs of the demo site."""
+
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+from project.receiver import views as receiver
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("admin/", admin.site.urls),
+    path("api/webhooks/", include("webhooks_app.api.urls")),
+    path("receiver/", receiver.inbox_list, name="receiver-list"),
+    path("receiver/<slug:slug>/", receiver.receive, name="receiver-receive"),
+]

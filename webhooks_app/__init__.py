@@ -1,0 +1,17 @@
+"""Outbound webhooks for Django: ``from webhooks_app import emit``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .models import Event
+
+
+def emit(event_type: str, data: Any = None, *, tenant: str | None = None) -> Event:
+    """Record an event and queue its deliveries in the caller's transaction."""
+    from .events import emit as _emit
+
+    return _emit(event_type, data, tenant=tenant)

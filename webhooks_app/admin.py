@@ -1,0 +1,1 @@
+"""Django admin for webhooks (filled in by the admin work)."""

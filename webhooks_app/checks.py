@@ -1,0 +1,97 @@
+"""System checks (webhooks_app.E00x errors, W00x warnings)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from django.apps import apps
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+
+from .conf import DEFAULTS, app_settings
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs=None, **kwargs):
+    problems = []
+    user = getattr(settings, "WEBHOOKS_APP", {}) or {}
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if unknown:
+        problems.append(
+            Error(
+                f"Unknown WEBHOOKS_APP setting(s): {', '.join(unknown)}.",
+                hint=f"Known settings: {', '.join(sorted(DEFAULTS))}.",
+                id="webhooks_app.E001",
+            )
+        )
+    if "django_q" not in settings.INSTALLED_APPS:
+        problems.append(
+            Error(
+                "webhooks_app sends through django-q2, which is not installed.",
+                hint="Add 'django_q' to INSTALLED_APPS and configure Q_CLUSTER.",
+                id="webhooks_app.E002",
+            )
+        )
+    for label in app_settings.MODEL_EVENTS:
+        try:
+            apps.get_model(label)
+        except (LookupError, ValueError):
+            problems.append(
+                Error(
+                    f"WEBHOOKS_APP['MODEL_EVENTS'] names {label!r}, not an installed model.",
+                    hint="Use 'app_label.ModelName', e.g. 'auth.User'.",
+                    id="webhooks_app.E003",
+                )
+            )
+    for net in app_settings.ALLOWED_NETWORKS:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            problems.append(
+                Error(
+                    f"WEBHOOKS_APP['ALLOWED_NETWORKS'] has {net!r}, which is not a network.",
+                    hint="Use CIDR notation such as '127.0.0.0/8'.",
+                    id="webhooks_app.E004",
+                )
+            )
+    try:
+        schedule = app_settings.RETRY_SCHEDULE
+        if any(s < 0 for s in schedule):
+            raise ValueError
+    except Exception:
+        problems.append(
+            Error(
+                "WEBHOOKS_APP['RETRY_SCHEDULE'] must be a non-empty list of seconds >= 0.",
+                id="webhooks_app.E005",
+            )
+        )
+    for name in app_settings.EVENT_TYPES:
+        if not isinstance(name, str) or not name or len(name) > 100:
+            problems.append(
+                Error(
+                    f"Event type {name!r} must be text of 1-100 characters.", id="webhooks_app.E006"
+                )
+            )
+    q = getattr(settings, "Q_CLUSTER", {}) or {}
+    timeout, retry = q.get("timeout"), q.get("retry")
+    if timeout and retry and retry <= timeout:
+        problems.append(
+            Warning(
+                "Q_CLUSTER['retry'] should exceed Q_CLUSTER['timeout'], or long tasks run twice.",
+                id="webhooks_app.W001",
+            )
+        )
+    for alias, db in settings.DATABASES.items():
+        if db.get("ENGINE", "").endswith("sqlite3"):
+            options = db.get("OPTIONS", {})
+            if options.get("transaction_mode") != "IMMEDIATE":
+                problems.append(
+                    Warning(
+                        f"DATABASES[{alias!r}] is SQLite without transaction_mode IMMEDIATE: "
+                        "workers will hit 'database is locked'.",
+                        hint="Set OPTIONS transaction_mode='IMMEDIATE', a timeout, and WAL "
+                        "(init_command='PRAGMA journal_mode=WAL').",
+                        id="webhooks_app.W002",
+                    )
+                )
+    return problems

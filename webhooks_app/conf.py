@@ -1,0 +1,181 @@
+"""webhooks_app settings: one ``WEBHOOKS_APP`` dict, read live on every access.
+
+Nothing here is computed at import time, so ``override_settings`` works in tests and no
+setting ever shapes a model field or a migration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+DEFAULTS: dict[str, Any] = {
+    # {"user.created": {"description": "...", "example": {...}}, ...}
+    "EVENT_TYPES": {},
+    # Attempt schedule: seconds to wait before each attempt, counted from the end of the
+    # previous one. Five attempts at 0, 2, 4, 8 and 16 s by default.
+    "RETRY_SCHEDULE": [0, 2, 4, 8, 16],
+    # A Retry-After header on 429/503 is honoured, but never beyond this many seconds.
+    "RETRY_AFTER_MAX": 300,
+    # Seconds for a whole attempt: a 2xx within this time is a success.
+    "TIMEOUT": 30.0,
+    "CONNECT_TIMEOUT": 10.0,
+    # How long a worker owns the deliveries it claimed; after that another worker may
+    # send them again (a killed worker's deliveries are recovered this way).
+    "LEASE_SECONDS": 90.0,
+    # Worker side: how often each worker checks for due deliveries (retries, recovery).
+    "POLL_INTERVAL": 0.5,
+    # Sender threads per worker process, and how many of them one endpoint may occupy.
+    "SENDER_THREADS": 8,
+    "ENDPOINT_CONCURRENCY": 4,
+    # Deliveries handed to one sender thread at a time.
+    "CHUNK_SIZE": 25,
+    "ALLOW_HTTP": False,
+    # Networks that are normally refused (private, loopback, ...) but allowed here.
+    "ALLOWED_NETWORKS": [],
+    "RESPONSE_EXCERPT_BYTES": 2048,
+    # Name of the tenant key in the payload envelope (e.g. "enterpriseId").
+    "TENANT_KEY": "tenant",
+    "PAYLOAD_VERSION": "v1",
+    # Signature headers to send: "standard" (webhook-*), "legacy" (X-Webhook-*), or both.
+    "SIGNATURE_SCHEMES": ["standard", "legacy"],
+    # Fernet keys (urlsafe base64, 32 bytes) for secrets at rest; the first encrypts,
+    # all decrypt. Empty: a key derived from SECRET_KEY.
+    "ENCRYPTION_KEYS": [],
+    # Model signals -> event types, e.g.
+    # {"auth.User": {"created": "user.created", "fields": ["id", "username", "email"]}}
+    "MODEL_EVENTS": {},
+    # Disable an endpoint after this many consecutive failed deliveries (0: never).
+    "AUTO_DISABLE_AFTER": 0,
+    # Dotted path of a callable(request) -> tenant key for the REST API.
+    "TENANT_RESOLVER": "webhooks_app.api.tenancy.default_tenant_resolver",
+    # Dotted path of a callable(request, tenant) -> bool gating the feature (e.g. by plan).
+    "FEATURE_GATE": None,
+    # DRF classes for the API; None means the project's DRF defaults.
+    "API_AUTHENTICATION_CLASSES": None,
+    "API_PERMISSION_CLASSES": None,
+    "API_THROTTLE_RATE": "30/min",
+    # Django's queue name / cluster for wake-up tasks (None: the default cluster).
+    "Q_CLUSTER": None,
+}
+
+
+class AppSettings:
+    """Typed, documented access to ``settings.WEBHOOKS_APP``, read live."""
+
+    def _get(self, name: str) -> Any:
+        user = getattr(settings, "WEBHOOKS_APP", {}) or {}
+        if name not in DEFAULTS:
+            raise AttributeError(name)
+        return user.get(name, DEFAULTS[name])
+
+    @property
+    def EVENT_TYPES(self) -> dict[str, dict[str, Any]]:
+        value = self._get("EVENT_TYPES")
+        if isinstance(value, list | tuple):
+            return {name: {} for name in value}
+        return dict(value)
+
+    @property
+    def RETRY_SCHEDULE(self) -> list[float]:
+        schedule = [float(s) for s in self._get("RETRY_SCHEDULE")]
+        if not schedule:
+            raise ImproperlyConfigured("WEBHOOKS_APP['RETRY_SCHEDULE'] needs at least one entry.")
+        return schedule
+
+    @property
+    def RETRY_AFTER_MAX(self) -> float:
+        return float(self._get("RETRY_AFTER_MAX"))
+
+    @property
+    def TIMEOUT(self) -> float:
+        return float(self._get("TIMEOUT"))
+
+    @property
+    def CONNECT_TIMEOUT(self) -> float:
+        return min(float(self._get("CONNECT_TIMEOUT")), self.TIMEOUT)
+
+    @property
+    def LEASE_SECONDS(self) -> float:
+        return max(float(self._get("LEASE_SECONDS")), self.TIMEOUT + 1)
+
+    @property
+    def POLL_INTERVAL(self) -> float:
+        return float(self._get("POLL_INTERVAL"))
+
+    @property
+    def SENDER_THREADS(self) -> int:
+        return max(1, int(self._get("SENDER_THREADS")))
+
+    @property
+    def ENDPOINT_CONCURRENCY(self) -> int:
+        return max(1, int(self._get("ENDPOINT_CONCURRENCY")))
+
+    @property
+    def CHUNK_SIZE(self) -> int:
+        return max(1, int(self._get("CHUNK_SIZE")))
+
+    @property
+    def ALLOW_HTTP(self) -> bool:
+        return bool(self._get("ALLOW_HTTP"))
+
+    @property
+    def ALLOWED_NETWORKS(self) -> list[str]:
+        return list(self._get("ALLOWED_NETWORKS"))
+
+    @property
+    def RESPONSE_EXCERPT_BYTES(self) -> int:
+        return int(self._get("RESPONSE_EXCERPT_BYTES"))
+
+    @property
+    def TENANT_KEY(self) -> str:
+        return str(self._get("TENANT_KEY"))
+
+    @property
+    def PAYLOAD_VERSION(self) -> str:
+        return str(self._get("PAYLOAD_VERSION"))
+
+    @property
+    def SIGNATURE_SCHEMES(self) -> list[str]:
+        return list(self._get("SIGNATURE_SCHEMES"))
+
+    @property
+    def ENCRYPTION_KEYS(self) -> list[str]:
+        return list(self._get("ENCRYPTION_KEYS"))
+
+    @property
+    def MODEL_EVENTS(self) -> dict[str, dict[str, Any]]:
+        return dict(self._get("MODEL_EVENTS"))
+
+    @property
+    def AUTO_DISABLE_AFTER(self) -> int:
+        return int(self._get("AUTO_DISABLE_AFTER") or 0)
+
+    @property
+    def TENANT_RESOLVER(self) -> str:
+        return str(self._get("TENANT_RESOLVER"))
+
+    @property
+    def FEATURE_GATE(self) -> str | None:
+        return self._get("FEATURE_GATE")
+
+    @property
+    def API_AUTHENTICATION_CLASSES(self) -> list[str] | None:
+        return self._get("API_AUTHENTICATION_CLASSES")
+
+    @property
+    def API_PERMISSION_CLASSES(self) -> list[str] | None:
+        return self._get("API_PERMISSION_CLASSES")
+
+    @property
+    def API_THROTTLE_RATE(self) -> str | None:
+        return self._get("API_THROTTLE_RATE")
+
+    @property
+    def Q_CLUSTER(self) -> str | None:
+        return self._get("Q_CLUSTER")
+
+
+app_settings = AppSettings()

@@ -1,0 +1,321 @@
+"""The delivery engine: claim due deliveries, send them outside any transaction, record.
+
+The Delivery table is the source of truth; the queue only wakes workers up. A worker
+claims rows by setting a lease (``next_attempt_at`` moves to the lease's end and
+``claim_token`` names the owner), commits, sends, then records the outcome only for rows
+it still owns. A worker that dies leaves rows whose lease simply runs out, and any worker
+claims them again: at-least-once delivery on every broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import connections, router, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from . import __version__, signals, signing, transport
+from .conf import app_settings
+from .models import Delivery, DeliveryAttempt, Endpoint
+
+logger = logging.getLogger("webhooks_app.engine")
+
+USER_AGENT = f"webhooks_app/{__version__}"
+
+
+def _db() -> str:
+    return router.db_for_write(Delivery)
+
+
+def claim(limit: int, *, exclude_endpoints: Iterable[int] = ()) -> tuple[str, list[Delivery]]:
+    """Lease up to ``limit`` due deliveries to a new claim token; return token and rows."""
+    now = timezone.now()
+    token = secrets.token_hex(16)
+    lease_until = now + timedelta(seconds=app_settings.LEASE_SECONDS)
+    db = _db()
+    due = Delivery.objects.using(db).filter(
+        status=Delivery.Status.PENDING, next_attempt_at__lte=now
+    )
+    exclude = list(exclude_endpoints)
+    if exclude:
+        due = due.exclude(endpoint_id__in=exclude)
+    due = due.order_by("next_attempt_at").values_list("id", flat=True)
+    if connections[db].features.has_select_for_update_skip_locked:
+        # PostgreSQL: concurrent claimers skip each other's rows instead of waiting.
+        with transaction.atomic(using=db):
+            ids = list(due.select_for_update(skip_locked=True)[:limit])
+            if ids:
+                Delivery.objects.using(db).filter(id__in=ids).update(
+                    next_attempt_at=lease_until, claim_token=token
+                )
+    else:
+        # SQLite: a read first (cheap, never blocks under WAL), then one guarded UPDATE;
+        # rows another worker leased in between no longer match and are skipped.
+        ids = list(due[:limit])
+        if ids:
+            with transaction.atomic(using=db):
+                Delivery.objects.using(db).filter(
+                    id__in=ids, status=Delivery.Status.PENDING, next_attempt_at__lte=now
+                ).update(next_attempt_at=lease_until, claim_token=token)
+    if not ids:
+        return token, []
+    rows = list(
+        Delivery.objects.using(db)
+        .filter(id__in=ids, claim_token=token)
+        .select_related("event", "endpoint")
+        .defer("event__data")
+        .order_by("next_attempt_at", "id")
+    )
+    return token, rows
+
+
+def release(token: str, ids: Iterable[int]) -> None:
+    """Hand claimed deliveries back unattempted, due at once."""
+    ids = list(ids)
+    if ids:
+        Delivery.objects.using(_db()).filter(id__in=ids, claim_token=token).update(
+            claim_token="", next_attempt_at=timezone.now()
+        )
+
+
+def request_headers(delivery: Delivery, body: bytes, keys: list[str]) -> dict[str, str]:
+    endpoint = delivery.endpoint
+    headers = {"User-Agent": USER_AGENT, "X-Webhook-Event": delivery.event_type}
+    if endpoint.method == Endpoint.Method.POST:
+        headers["Content-Type"] = "application/json"
+    headers.update({str(k): str(v) for k, v in (endpoint.headers or {}).items()})
+    headers.update(
+        signing.sign_headers(
+            keys,
+            msg_id=delivery.event.public_id,
+            body=body,
+            schemes=app_settings.SIGNATURE_SCHEMES,
+        )
+    )
+    return headers
+
+
+@dataclass
+class Outcome:
+    delivery: Delivery
+    response: transport.Response
+    started_at: object
+
+
+def attempt(delivery: Delivery, keys: list[str]) -> Outcome:
+    """Send one delivery (no database access)."""
+    body = delivery.payload_bytes()
+    started_at = timezone.now()
+    response = transport.send(
+        delivery.endpoint.method,
+        delivery.endpoint.url,
+        body=body,
+        headers=request_headers(delivery, body, keys),
+    )
+    return Outcome(delivery, response, started_at)
+
+
+def _next_delay(delivery: Delivery, response: transport.Response) -> float | None:
+    """Seconds until the next attempt, or None when this failure is final."""
+    if response.status_code == 410 or response.permanent:
+        return None
+    schedule = app_settings.RETRY_SCHEDULE
+    position = delivery.sequence_attempts + 1  # attempts made in this sequence
+    if position >= len(schedule):
+        return None
+    delay = schedule[position]
+    if response.retry_after is not None:
+        delay = max(delay, min(response.retry_after, app_settings.RETRY_AFTER_MAX))
+    return delay
+
+
+def record(token: str, outcomes: list[Outcome], *, retry: bool = True) -> list[Outcome]:
+    """Write the attempts and the deliveries' new state, for rows ``token`` still owns.
+
+    Returns the outcomes that were recorded (a worker whose lease ran out records nothing
+    for that row: its new owner will).
+    """
+    if not outcomes:
+        return []
+    db = _db()
+    now = timezone.now()
+    recorded: list[Outcome] = []
+    with transaction.atomic(using=db):
+        owned = set(
+            Delivery.objects.using(db)
+            .select_for_update()
+            .filter(id__in=[o.delivery.id for o in outcomes], claim_token=token)
+            .values_list("id", flat=True)
+        )
+        attempts = []
+        for outcome in outcomes:
+            d, r = outcome.delivery, outcome.response
+            if d.id not in owned:
+                logger.warning("delivery %s: lease lost, outcome not recorded", d.id)
+                continue
+            d.attempts += 1
+            d.sequence_attempts += 1
+            d.last_attempt_at = now
+            d.last_status_code = r.status_code
+            d.last_response_ms = r.duration_ms
+            d.claim_token = ""
+            if r.ok:
+                d.status = Delivery.Status.SUCCEEDED
+                d.next_attempt_at = None
+                d.last_error = ""
+            else:
+                d.last_error = r.error or f"HTTP {r.status_code}"
+                delay = _next_delay(d, r) if retry else None
+                if delay is None:
+                    d.status = Delivery.Status.FAILED
+                    d.next_attempt_at = None
+                else:
+                    d.next_attempt_at = now + timedelta(seconds=delay)
+            attempts.append(
+                DeliveryAttempt(
+                    delivery_id=d.id,
+                    number=d.attempts,
+                    started_at=outcome.started_at,
+                    duration_ms=r.duration_ms,
+                    status_code=r.status_code,
+                    response_excerpt=r.excerpt,
+                    error=r.error,
+                    succeeded=r.ok,
+                )
+            )
+            recorded.append(outcome)
+        if recorded:
+            Delivery.objects.using(db).bulk_update(
+                [o.delivery for o in recorded],
+                [
+                    "attempts",
+                    "sequence_attempts",
+                    "last_attempt_at",
+                    "last_status_code",
+                    "last_response_ms",
+                    "claim_token",
+                    "status",
+                    "next_attempt_at",
+                    "last_error",
+                ],
+            )
+            DeliveryAttempt.objects.using(db).bulk_create(attempts)
+    _after_record(recorded)
+    return recorded
+
+
+def _after_record(recorded: list[Outcome]) -> None:
+    """Endpoint bookkeeping and signals, after the outcome is committed."""
+    by_endpoint: dict[int, list[Outcome]] = {}
+    for o in recorded:
+        by_endpoint.setdefault(o.delivery.endpoint_id, []).append(o)
+    for endpoint_id, outcomes in by_endpoint.items():
+        endpoint = outcomes[0].delivery.endpoint
+        finals = [o for o in outcomes if o.delivery.status == Delivery.Status.FAILED]
+        if any(o.response.status_code == 410 for o in outcomes):
+            disable_endpoint(endpoint, "The endpoint answered 410 Gone.")
+        if any(o.response.ok for o in outcomes) and endpoint.consecutive_failures:
+            Endpoint.objects.filter(id=endpoint_id).update(consecutive_failures=0)
+            endpoint.consecutive_failures = 0
+        if finals:
+            Endpoint.objects.filter(id=endpoint_id).update(
+                consecutive_failures=F("consecutive_failures") + len(finals)
+            )
+            threshold = app_settings.AUTO_DISABLE_AFTER
+            if threshold:
+                # Atomic: only one worker wins, so there is one "disabled" notice.
+                won = Endpoint.objects.filter(
+                    id=endpoint_id, is_active=True, consecutive_failures__gte=threshold
+                ).update(
+                    is_active=False,
+                    disabled_reason=f"Disabled after {threshold} consecutive failed deliveries.",
+                )
+                if won:
+                    endpoint.refresh_from_db()
+                    signals.endpoint_disabled.send(
+                        sender=Endpoint, endpoint=endpoint, reason=endpoint.disabled_reason
+                    )
+        for o in outcomes:
+            if o.delivery.status == Delivery.Status.SUCCEEDED:
+                signals.delivery_succeeded.send(sender=Delivery, delivery=o.delivery)
+            elif o.delivery.status == Delivery.Status.FAILED:
+                signals.delivery_failed.send(sender=Delivery, delivery=o.delivery)
+
+
+def disable_endpoint(endpoint: Endpoint, reason: str) -> bool:
+    """Deactivate ``endpoint`` once; True if this call did it (and sent the signal)."""
+    won = Endpoint.objects.filter(id=endpoint.id, is_active=True).update(
+        is_active=False, disabled_reason=reason[:300]
+    )
+    if won:
+        endpoint.is_active = False
+        endpoint.disabled_reason = reason[:300]
+        signals.endpoint_disabled.send(sender=Endpoint, endpoint=endpoint, reason=reason)
+    return bool(won)
+
+
+def _retryable_network_failure(response: transport.Response) -> bool:
+    return response.status_code is None and not response.permanent
+
+
+def deliver_chunk(token: str, deliveries: list[Delivery], *, stopping=lambda: False) -> None:
+    """Send claimed deliveries of one endpoint in order, then record them.
+
+    If the endpoint times out or refuses connections, the rest of the chunk is handed
+    back unattempted instead of each waiting out its own timeout: a dead endpoint costs
+    one sender thread, not all of them.
+    """
+    if not deliveries:
+        return
+    started = time.monotonic()
+    budget = app_settings.LEASE_SECONDS - 5
+    outcomes: list[Outcome] = []
+    keys_by_endpoint: dict[int, list[str]] = {}
+    remaining = list(deliveries)
+    try:
+        while remaining:
+            d = remaining[0]
+            if stopping() or time.monotonic() - started + app_settings.TIMEOUT > budget:
+                break
+            remaining.pop(0)
+            if not d.endpoint.is_active:
+                r = transport.Response(None, 0, error="the endpoint is disabled", permanent=True)
+                outcomes.append(Outcome(d, r, timezone.now()))
+                continue
+            keys = keys_by_endpoint.get(d.endpoint_id)
+            if keys is None:
+                keys = keys_by_endpoint[d.endpoint_id] = d.endpoint.signing_secrets()
+            outcome = attempt(d, keys)
+            outcomes.append(outcome)
+            if _retryable_network_failure(outcome.response):
+                break
+    finally:
+        record(token, outcomes)
+        release(token, [d.id for d in remaining])
+
+
+def drain(max_seconds: float = 60.0) -> int:
+    """Send everything that is due, in this thread; return the number of attempts.
+
+    Used when no background dispatcher runs in this process (tests, ``sync`` clusters,
+    the ``webhooks_send_due`` command).
+    """
+    done = 0
+    deadline = time.monotonic() + max_seconds
+    while time.monotonic() < deadline:
+        token, rows = claim(app_settings.CHUNK_SIZE)
+        if not rows:
+            break
+        by_endpoint: dict[int, list[Delivery]] = {}
+        for row in rows:
+            by_endpoint.setdefault(row.endpoint_id, []).append(row)
+        for chunk in by_endpoint.values():
+            deliver_chunk(token, chunk)
+        done += len(rows)
+    return done

@@ -1,0 +1,177 @@
+"""The event-type registry and ``emit()``, the public entry point.
+
+``emit()`` writes the Event and one Delivery per subscribed active endpoint in the
+caller's transaction (a transactional outbox): a rollback sends nothing, and the workers
+are woken only once the transaction has committed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC
+from typing import Any
+from urllib.parse import urlencode
+
+from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+
+from .conf import app_settings
+
+TEST_EVENT = "webhook.test"
+BUILTIN_EVENT_TYPES: dict[str, dict[str, Any]] = {
+    TEST_EVENT: {
+        "description": "Sent by the Test button and the test API; never by the site itself.",
+        "example": {"message": "This is a test webhook"},
+    }
+}
+_registered: dict[str, dict[str, Any]] = {}
+
+
+def register_event_type(name: str, *, description: str = "", example: Any = None) -> None:
+    """Declare an event type in code (in addition to ``WEBHOOKS_APP['EVENT_TYPES']``)."""
+    _registered[name] = {"description": description, "example": example or {}}
+
+
+def event_types() -> dict[str, dict[str, Any]]:
+    """All known event types: built-in, from settings, registered in code."""
+    types = dict(BUILTIN_EVENT_TYPES)
+    for name, info in {**app_settings.EVENT_TYPES, **_registered}.items():
+        info = dict(info or {})
+        types[name] = {
+            "description": info.get("description", ""),
+            "example": info.get("example", {}),
+        }
+    return types
+
+
+def check_event_type(event_type: str) -> None:
+    if event_type not in event_types():
+        known = ", ".join(sorted(event_types()))
+        raise ValidationError(
+            f"Unknown event type {event_type!r}. Declare it in WEBHOOKS_APP['EVENT_TYPES'] "
+            f"or with register_event_type(). Known types: {known}.",
+            code="unknown_event_type",
+        )
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, as ``JSON.stringify`` writes it, so receivers can re-serialise."""
+    return json.dumps(value, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False)
+
+
+def envelope(event_id: str, event_type: str, created, tenant: str, data: Any) -> dict:
+    return {
+        "id": event_id,
+        "event": event_type,
+        "timestamp": created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        "version": app_settings.PAYLOAD_VERSION,
+        app_settings.TENANT_KEY: tenant,
+        "data": data,
+    }
+
+
+def _select(data: Any, fields: list[str]) -> Any:
+    if not fields or not isinstance(data, Mapping):
+        return data
+    out: dict[str, Any] = {}
+    for path in fields:
+        src: Any = data
+        keys = path.split(".")
+        for key in keys:
+            if not isinstance(src, Mapping) or key not in src:
+                break
+            src = src[key]
+        else:
+            dst = out
+            for key in keys[:-1]:
+                dst = dst.setdefault(key, {})
+            dst[keys[-1]] = src
+    return out
+
+
+def _flatten(prefix: str, value: Any, out: list[tuple[str, str]]) -> None:
+    if isinstance(value, Mapping):
+        for key, sub in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), sub, out)
+    elif isinstance(value, list | tuple):
+        out.append((prefix, dumps(value)))
+    elif value is None:
+        out.append((prefix, ""))
+    elif isinstance(value, bool):
+        out.append((prefix, "true" if value else "false"))
+    else:
+        out.append((prefix, str(value)))
+
+
+def endpoint_body(endpoint, env: dict, data: Any) -> str | None:
+    """The body for ``endpoint`` if it differs from the standard envelope, else None.
+
+    GET endpoints get the same fields flattened into a query string; its exact bytes
+    are what is signed.
+    """
+    custom = endpoint.payload_fields or endpoint.payload_extra
+    if not custom and endpoint.method == "POST":
+        return None
+    payload = {**env, "data": _select(data, endpoint.payload_fields)}
+    for key, value in (endpoint.payload_extra or {}).items():
+        payload.setdefault(key, value)  # never overrides the envelope's own keys
+    if endpoint.method == "GET":
+        pairs: list[tuple[str, str]] = []
+        _flatten("", json.loads(dumps(payload)), pairs)
+        return urlencode(pairs)
+    return dumps(payload)
+
+
+def emit(event_type: str, data: Any = None, *, tenant: str | None = None, using: str | None = None):
+    """Record ``event_type`` with ``data`` for ``tenant`` and queue its deliveries.
+
+    Runs in the caller's transaction; returns the :class:`~webhooks_app.models.Event`.
+    Raises ``ValidationError`` for an unknown event type or data that is not JSON.
+    """
+    from .models import Delivery, Endpoint, Event
+
+    check_event_type(event_type)
+    data = {} if data is None else data
+    tenant = tenant or ""
+    event = Event(tenant=tenant, event_type=event_type, data=data)
+    env = envelope(event.public_id, event_type, event.created_at, tenant, data)
+    try:
+        event.body = dumps(env)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(
+            f"Event data is not JSON-serialisable: {exc}", code="invalid"
+        ) from None
+    endpoints = list(
+        Endpoint.objects.using(using)
+        .filter(
+            tenant=tenant,
+            is_active=True,
+            subscriptions__event_type=event_type,
+            subscriptions__enabled=True,
+        )
+        .only("id", "method", "payload_fields", "payload_extra")
+    )
+    with transaction.atomic(using=using, savepoint=False):
+        event.save(using=using)
+        if endpoints:
+            now = event.created_at
+            Delivery.objects.using(using).bulk_create(
+                [
+                    Delivery(
+                        event=event,
+                        endpoint=ep,
+                        tenant=tenant,
+                        event_type=event_type,
+                        next_attempt_at=now,
+                        body=endpoint_body(ep, env, data),
+                        created_at=now,
+                    )
+                    for ep in endpoints
+                ]
+            )
+            from .tasks import wake_workers_on_commit
+
+            wake_workers_on_commit(using)
+    return event

@@ -1,0 +1,210 @@
+"""Endpoints, subscriptions, events and the delivery records; no I/O here."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import datetime
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from . import crypto
+
+
+def new_event_id() -> str:
+    """``evt_`` + a time-ordered, unguessable id (ms timestamp, 64 random bits)."""
+    return f"evt_{int(time.time() * 1000):011x}{secrets.token_hex(8)}"
+
+
+class Endpoint(models.Model):
+    class Method(models.TextChoices):
+        POST = "POST", "POST"
+        GET = "GET", "GET"
+
+    tenant = models.CharField(
+        _("tenant"),
+        max_length=100,
+        blank=True,
+        default="",
+        db_index=True,
+        help_text=_("The account this endpoint belongs to; empty for a single-tenant site."),
+    )
+    name = models.CharField(_("name"), max_length=200, blank=True)
+    description = models.TextField(_("description"), blank=True)
+    url = models.CharField(_("URL"), max_length=2000)
+    method = models.CharField(
+        _("HTTP method"), max_length=4, choices=Method.choices, default=Method.POST
+    )
+    is_active = models.BooleanField(_("active"), default=True)
+    # Secrets are stored encrypted (see crypto.py) and never rendered after creation.
+    secret_encrypted = models.TextField(editable=False)
+    previous_secret_encrypted = models.TextField(blank=True, default="", editable=False)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    headers = models.JSONField(_("custom headers"), default=dict, blank=True)
+    payload_extra = models.JSONField(_("custom payload values"), default=dict, blank=True)
+    payload_fields = models.JSONField(
+        _("payload fields"),
+        default=list,
+        blank=True,
+        help_text=_("Keys of the event data to send (dotted for nested keys); empty: all."),
+    )
+    notify_email = models.EmailField(
+        _("failure notification email"),
+        blank=True,
+        help_text=_("Told when a delivery fails for good or the endpoint is disabled."),
+    )
+    disabled_reason = models.CharField(_("disabled reason"), max_length=300, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name = _("webhook endpoint")
+        verbose_name_plural = _("webhook endpoints")
+        indexes = [models.Index(fields=["tenant", "is_active"], name="webhooks_ep_tenant_active")]
+
+    def __str__(self) -> str:
+        return self.name or self.url
+
+    # Secrets -------------------------------------------------------------------------
+    def set_secret(self, plaintext: str) -> None:
+        self.secret_encrypted = crypto.encrypt(plaintext)
+
+    def get_secret(self) -> str:
+        return crypto.decrypt(self.secret_encrypted)
+
+    def signing_secrets(self, now: datetime | None = None) -> list[str]:
+        """The current secret, plus the previous one while its grace period lasts."""
+        now = now or timezone.now()
+        keys = [self.get_secret()]
+        if (
+            self.previous_secret_encrypted
+            and self.previous_secret_expires_at
+            and self.previous_secret_expires_at > now
+        ):
+            keys.append(crypto.decrypt(self.previous_secret_encrypted))
+        return keys
+
+    @property
+    def event_types(self) -> list[str]:
+        return sorted(s.event_type for s in self.subscriptions.all() if s.enabled)
+
+
+class Subscription(models.Model):
+    """One event type an endpoint receives; ``enabled`` is the per-event toggle."""
+
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="subscriptions")
+    event_type = models.CharField(_("event type"), max_length=100)
+    enabled = models.BooleanField(_("enabled"), default=True)
+
+    class Meta:
+        ordering = ["event_type"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["endpoint", "event_type"], name="webhooks_subscription_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["event_type", "enabled"], name="webhooks_sub_type")]
+
+    def __str__(self) -> str:
+        return self.event_type
+
+
+class Event(models.Model):
+    public_id = models.CharField(max_length=40, unique=True, default=new_event_id, editable=False)
+    tenant = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    event_type = models.CharField(max_length=100)
+    data = models.JSONField(default=dict)
+    # The exact body bytes (UTF-8) of the standard envelope, fixed at emit time so that
+    # every retry and replay sends identical bytes.
+    body = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.public_id}"
+
+
+class Delivery(models.Model):
+    """One event to one endpoint: the source of truth for what must still be sent."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        SUCCEEDED = "succeeded", _("Success")
+        FAILED = "failed", _("Failed")
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    # Deleting an endpoint deletes its deliveries and their attempts (documented).
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="deliveries")
+    tenant = models.CharField(max_length=100, blank=True, default="")
+    event_type = models.CharField(max_length=100)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    # Attempts made in the current sequence (reset by a replay): indexes RETRY_SCHEDULE.
+    sequence_attempts = models.PositiveIntegerField(default=0)
+    # When pending: when the next attempt is due, or, while claimed, when the claim ends.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    claim_token = models.CharField(max_length=32, blank=True, default="")
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_response_ms = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    # Set only when this endpoint's body differs from the event's (GET, selected fields,
+    # custom values); fixed at emit time like Event.body.
+    body = models.TextField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = _("deliveries")
+        constraints = [
+            models.UniqueConstraint(fields=["event", "endpoint"], name="webhooks_delivery_unique")
+        ]
+        indexes = [
+            # The dispatcher's and the recovery loop's only query: due pending rows.
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(status="pending"),
+                name="webhooks_delivery_due",
+            ),
+            # History pages: one endpoint's deliveries newest first, optionally by status.
+            models.Index(fields=["endpoint", "-id"], name="webhooks_dlv_endpoint"),
+            models.Index(fields=["endpoint", "status", "-id"], name="webhooks_dlv_ep_status"),
+            models.Index(fields=["endpoint", "event_type", "-id"], name="webhooks_dlv_ep_type"),
+            # API lists per tenant, and the stats' recent failures.
+            models.Index(fields=["tenant", "-id"], name="webhooks_dlv_tenant"),
+            models.Index(fields=["status", "-last_attempt_at"], name="webhooks_dlv_status_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} → {self.endpoint_id} ({self.status})"
+
+    def payload_bytes(self) -> bytes:
+        return (self.body if self.body is not None else self.event.body).encode("utf-8")
+
+
+class DeliveryAttempt(models.Model):
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField(default=0)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_excerpt = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    succeeded = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["delivery", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["delivery", "number"], name="webhooks_attempt_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of delivery {self.delivery_id}"

@@ -1,0 +1,398 @@
+"""Endpoint lifecycle: what the admin, the API and site code call to change things.
+
+Every function validates its input and raises ``ValidationError`` with a message per
+field before writing anything; writes happen in one transaction.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets as _secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import transaction
+from django.utils import timezone
+
+from . import engine, events, signing, transport
+from .conf import app_settings
+from .models import Delivery, Endpoint, Event, Subscription
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")
+RESERVED_HEADERS = {
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+}
+RESERVED_HEADER_PREFIXES = ("webhook-", "x-webhook-")
+MAX_PAYLOAD_FIELDS = 50
+UPDATABLE = (
+    "name",
+    "description",
+    "url",
+    "method",
+    "is_active",
+    "headers",
+    "payload_extra",
+    "payload_fields",
+    "events",
+    "notify_email",
+)
+
+
+def reserved_payload_keys() -> set[str]:
+    return {"id", "event", "timestamp", "version", "data", app_settings.TENANT_KEY}
+
+
+# Validation ------------------------------------------------------------------------------
+def _clean_events(value: Any) -> dict[str, bool]:
+    """``["a", "b"]`` or ``{"a": True, "b": False}`` -> {type: enabled}."""
+    if isinstance(value, str) or not isinstance(value, Mapping | list | tuple | set):
+        raise ValidationError("Give a list of event types.", code="invalid")
+    toggles = dict(value) if isinstance(value, Mapping) else {name: True for name in value}
+    if not toggles:
+        raise ValidationError("Select at least one event.", code="required")
+    known = events.event_types()
+    unknown = [
+        n for n in toggles if not isinstance(n, str) or n not in known or n == events.TEST_EVENT
+    ]
+    if unknown:
+        raise ValidationError(
+            "Unknown event type(s): %(names)s.",
+            code="unknown_event_type",
+            params={"names": ", ".join(map(str, unknown))},
+        )
+    if any(not isinstance(v, bool) for v in toggles.values()):
+        raise ValidationError("Event toggles must be true or false.", code="invalid")
+    return toggles
+
+
+def _clean_headers(value: Any) -> dict[str, str]:
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError("Give headers as name/value pairs.", code="invalid")
+    cleaned = {}
+    for name, val in value.items():
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            raise ValidationError(
+                "%(name)r is not a valid header name.", code="invalid", params={"name": name}
+            )
+        lower = name.lower()
+        if lower in RESERVED_HEADERS or lower.startswith(RESERVED_HEADER_PREFIXES):
+            raise ValidationError(
+                "The %(name)s header is set by webhooks_app and cannot be overridden.",
+                code="reserved",
+                params={"name": name},
+            )
+        if not isinstance(val, str) or "\r" in val or "\n" in val or len(val) > 4000:
+            raise ValidationError(
+                "The value of %(name)s must be one line of text.",
+                code="invalid",
+                params={"name": name},
+            )
+        cleaned[name] = val
+    if len(cleaned) > 20:
+        raise ValidationError("At most 20 custom headers.", code="invalid")
+    return cleaned
+
+
+def _clean_payload_extra(value: Any) -> dict[str, Any]:
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError("Give custom payload values as key/value pairs.", code="invalid")
+    clash = sorted(set(value) & reserved_payload_keys())
+    if clash:
+        raise ValidationError(
+            "%(keys)s is reserved for the envelope.",
+            code="reserved",
+            params={"keys": ", ".join(clash)},
+        )
+    if any(not isinstance(k, str) or not k for k in value):
+        raise ValidationError("Keys must be non-empty text.", code="invalid")
+    try:
+        events.dumps(value)
+    except (TypeError, ValueError):
+        raise ValidationError("Values must be JSON.", code="invalid") from None
+    return dict(value)
+
+
+def _clean_payload_fields(value: Any) -> list[str]:
+    if value in (None, ""):
+        return []
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ValidationError("Give a list of field names.", code="invalid")
+    if any(not isinstance(v, str) or not v.strip() for v in value):
+        raise ValidationError("Field names must be non-empty text.", code="invalid")
+    if len(value) > MAX_PAYLOAD_FIELDS:
+        raise ValidationError(
+            "At most %(n)d fields.", code="invalid", params={"n": MAX_PAYLOAD_FIELDS}
+        )
+    return [v.strip() for v in value]
+
+
+def validate_secret(secret: Any) -> str:
+    if not isinstance(secret, str):
+        raise ValidationError("The secret must be text.", code="invalid")
+    if len(secret) < signing.MIN_SECRET_LENGTH:
+        raise ValidationError(
+            "The secret must be at least %(n)d characters long.",
+            code="min_length",
+            params={"n": signing.MIN_SECRET_LENGTH},
+        )
+    if len(secret) > 200 or any(c.isspace() for c in secret):
+        raise ValidationError(
+            "The secret must be at most 200 characters, without spaces.", code="invalid"
+        )
+    return secret
+
+
+def _clean_field(name: str, value: Any) -> Any:
+    if name == "url":
+        if not isinstance(value, str) or not value.strip():
+            raise ValidationError("Enter the URL that will receive the webhooks.", code="required")
+        transport.validate_url(value.strip())
+        return value.strip()
+    if name == "method":
+        if value not in Endpoint.Method.values:
+            raise ValidationError("Choose POST or GET.", code="invalid_choice")
+        return value
+    if name in ("name", "description"):
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise ValidationError("Must be text.", code="invalid")
+        if name == "name" and len(value) > 200:
+            raise ValidationError("At most 200 characters.", code="max_length")
+        return value.strip()
+    if name == "is_active":
+        if not isinstance(value, bool):
+            raise ValidationError("Must be true or false.", code="invalid")
+        return value
+    if name == "notify_email":
+        if value in (None, ""):
+            return ""
+        validate_email(value)
+        return value
+    if name == "headers":
+        return _clean_headers(value)
+    if name == "payload_extra":
+        return _clean_payload_extra(value)
+    if name == "payload_fields":
+        return _clean_payload_fields(value)
+    if name == "events":
+        return _clean_events(value)
+    raise ValidationError("Unknown field.", code="unknown")
+
+
+def clean_endpoint_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate endpoint fields; ``ValidationError`` with one entry per bad field."""
+    errors: dict[str, list] = {}
+    cleaned: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in UPDATABLE:
+            errors[name] = [ValidationError("Unknown field.", code="unknown")]
+            continue
+        try:
+            cleaned[name] = _clean_field(name, value)
+        except ValidationError as exc:
+            errors[name] = exc.error_list
+    if errors:
+        raise ValidationError(errors)
+    return cleaned
+
+
+def _set_subscriptions(endpoint: Endpoint, toggles: dict[str, bool]) -> None:
+    Subscription.objects.filter(endpoint=endpoint).exclude(event_type__in=list(toggles)).delete()
+    existing = {s.event_type: s for s in Subscription.objects.filter(endpoint=endpoint)}
+    for name, enabled in toggles.items():
+        sub = existing.get(name)
+        if sub is None:
+            Subscription.objects.create(endpoint=endpoint, event_type=name, enabled=enabled)
+        elif sub.enabled != enabled:
+            sub.enabled = enabled
+            sub.save(update_fields=["enabled"])
+
+
+# Services --------------------------------------------------------------------------------
+def create_endpoint(
+    *,
+    url: str,
+    events: Iterable[str] | Mapping[str, bool],
+    tenant: str | None = None,
+    secret: str | None = None,
+    **options: Any,
+) -> tuple[Endpoint, str]:
+    """Create an endpoint; returns it and its plaintext secret (shown once, never again)."""
+    values = {"url": url, "events": events, **options}
+    errors: dict[str, list] = {}
+    try:
+        cleaned = clean_endpoint_fields(values)
+    except ValidationError as exc:
+        errors.update(exc.error_dict)
+        cleaned = {}
+    if secret in (None, ""):
+        plaintext = signing.generate_secret()
+    else:
+        try:
+            plaintext = validate_secret(secret)
+        except ValidationError as exc:
+            errors["secret"] = exc.error_list
+    if tenant is not None and (not isinstance(tenant, str) or len(tenant) > 100):
+        errors["tenant"] = [ValidationError("The tenant must be text of at most 100 characters.")]
+    if errors:
+        raise ValidationError(errors)
+    toggles = cleaned.pop("events")
+    with transaction.atomic():
+        endpoint = Endpoint(tenant=tenant or "", **cleaned)
+        endpoint.set_secret(plaintext)
+        endpoint.save()
+        _set_subscriptions(endpoint, toggles)
+    return endpoint, plaintext
+
+
+def update_endpoint(endpoint: Endpoint, **changes: Any) -> Endpoint:
+    """Change URL, events, status and options; never the secret (use rotate_secret)."""
+    if "secret" in changes:
+        raise ValidationError({"secret": ["The secret cannot be edited; rotate it instead."]})
+    cleaned = clean_endpoint_fields(changes)
+    toggles = cleaned.pop("events", None)
+    with transaction.atomic():
+        for name, value in cleaned.items():
+            setattr(endpoint, name, value)
+        if cleaned.get("is_active"):
+            endpoint.disabled_reason = ""
+            endpoint.consecutive_failures = 0
+        endpoint.save()
+        if toggles is not None:
+            _set_subscriptions(endpoint, toggles)
+    return endpoint
+
+
+def rotate_secret(
+    endpoint: Endpoint, *, grace: timedelta | float | int | None = None, secret: str | None = None
+) -> str:
+    """Replace the secret; returns the new plaintext (shown once).
+
+    Without ``grace`` the old secret stops working at once; with it, requests carry both
+    signatures until the grace period ends. At most 7 days.
+    """
+    if grace is not None and not isinstance(grace, timedelta):
+        try:
+            grace = timedelta(seconds=float(grace))
+        except (TypeError, ValueError):
+            raise ValidationError({"grace": ["Give the grace period in seconds."]}) from None
+    if grace is not None and not (timedelta(0) <= grace <= timedelta(days=7)):
+        raise ValidationError({"grace": ["The grace period must be between 0 and 7 days."]})
+    plaintext = signing.generate_secret() if not secret else validate_secret(secret)
+    with transaction.atomic():
+        locked = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+        if grace:
+            locked.previous_secret_encrypted = locked.secret_encrypted
+            locked.previous_secret_expires_at = timezone.now() + grace
+        else:
+            locked.previous_secret_encrypted = ""
+            locked.previous_secret_expires_at = None
+        locked.set_secret(plaintext)
+        locked.save(
+            update_fields=[
+                "secret_encrypted",
+                "previous_secret_encrypted",
+                "previous_secret_expires_at",
+                "updated_at",
+            ]
+        )
+    endpoint.refresh_from_db()
+    return plaintext
+
+
+@dataclass
+class TestResult:
+    delivery: Delivery
+    ok: bool
+    status_code: int | None
+    duration_ms: int
+    response_excerpt: str
+    error: str
+
+
+def send_test(endpoint: Endpoint, data: Mapping[str, Any] | None = None) -> TestResult:
+    """Send a ``webhook.test`` event now, in this thread; recorded in the history."""
+    payload = dict(data or {"message": "This is a test webhook"})
+    token = _secrets.token_hex(16)
+    with transaction.atomic():
+        event = Event(tenant=endpoint.tenant, event_type=events.TEST_EVENT, data=payload)
+        env = events.envelope(
+            event.public_id, event.event_type, event.created_at, endpoint.tenant, payload
+        )
+        event.body = events.dumps(env)
+        event.save()
+        # Claimed by us from the start, so no worker sends it a second time.
+        delivery = Delivery.objects.create(
+            event=event,
+            endpoint=endpoint,
+            tenant=endpoint.tenant,
+            event_type=events.TEST_EVENT,
+            body=events.endpoint_body(endpoint, env, payload),
+            claim_token=token,
+            next_attempt_at=timezone.now() + timedelta(seconds=app_settings.LEASE_SECONDS),
+        )
+    delivery.endpoint = endpoint
+    delivery.event = event
+    outcome = engine.attempt(delivery, endpoint.signing_secrets())
+    engine.record(token, [outcome], retry=False)
+    delivery.refresh_from_db()
+    r = outcome.response
+    return TestResult(delivery, r.ok, r.status_code, r.duration_ms, r.excerpt, r.error)
+
+
+def replay(delivery: Delivery) -> Delivery:
+    """Start a new attempt sequence for ``delivery``: same event id, same body bytes."""
+    if delivery.status == Delivery.Status.PENDING:
+        raise ValidationError("This delivery is still being attempted.", code="pending")
+    if not Endpoint.objects.filter(pk=delivery.endpoint_id, is_active=True).exists():
+        raise ValidationError(
+            "The endpoint is disabled; enable it before replaying.", code="inactive"
+        )
+    with transaction.atomic():
+        updated = (
+            Delivery.objects.filter(pk=delivery.pk)
+            .exclude(status=Delivery.Status.PENDING)
+            .update(
+                status=Delivery.Status.PENDING,
+                sequence_attempts=0,
+                claim_token="",
+                next_attempt_at=timezone.now(),
+            )
+        )
+        if updated:
+            from .tasks import wake_workers_on_commit
+
+            wake_workers_on_commit()
+    delivery.refresh_from_db()
+    return delivery
+
+
+def replay_many(deliveries: Iterable[Delivery]) -> tuple[int, list[str]]:
+    """Replay several deliveries; returns how many were queued and why others were not."""
+    count, problems = 0, []
+    for delivery in deliveries:
+        try:
+            replay(delivery)
+            count += 1
+        except ValidationError as exc:
+            problems.append(f"#{delivery.pk}: {' '.join(exc.messages)}")
+    return count, problems
+
+
+def delete_endpoint(endpoint: Endpoint) -> None:
+    """Delete the endpoint with its subscriptions and delivery history."""
+    endpoint.delete()

@@ -1,0 +1,61 @@
+"""django-q2 entry points and the on-commit wake-up; tasks never raise."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from django.db import transaction
+
+from . import dispatcher, engine
+from .conf import app_settings
+
+logger = logging.getLogger("webhooks_app.tasks")
+
+# One wake-up per process per this many seconds is enough: a woken dispatcher drains
+# everything that is due, and every worker polls anyway.
+WAKE_COALESCE_SECONDS = 0.05
+_last_wake = 0.0
+_wake_lock = threading.Lock()
+
+
+def dispatch() -> int:
+    """Queue task: wake this worker's dispatcher, or send what is due here if none runs."""
+    running = dispatcher.current()
+    if running is not None:
+        running.wake()
+        return 0
+    try:
+        return engine.drain()
+    except Exception:
+        logger.exception("draining due deliveries failed; the workers' poll will retry")
+        return 0
+
+
+def wake_workers() -> None:
+    """Enqueue a dispatch task; a broker outage is logged, never raised to the caller."""
+    global _last_wake
+    with _wake_lock:
+        now = time.monotonic()
+        if now - _last_wake < WAKE_COALESCE_SECONDS:
+            return
+        _last_wake = now
+    try:
+        from django_q.tasks import async_task
+
+        options = {"save": False}
+        if app_settings.Q_CLUSTER:
+            options["cluster"] = app_settings.Q_CLUSTER
+        async_task("webhooks_app.tasks.dispatch", q_options=options)
+    except Exception as exc:
+        # The rows are committed; the workers' poll sends them once the broker is back.
+        logger.warning("could not enqueue a webhook dispatch task (%s); workers will poll", exc)
+
+
+def wake_workers_on_commit(using: str | None = None) -> None:
+    """Register one wake-up for when the current transaction commits."""
+    conn = transaction.get_connection(using)
+    if any(func is wake_workers for _, func, _ in conn.run_on_commit):
+        return
+    transaction.on_commit(wake_workers, using=using, robust=True)

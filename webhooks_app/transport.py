@@ -1,0 +1,266 @@
+"""The one outbound HTTP call: URL policy, SSRF guard, pooled sessions, no redirects.
+
+Every address a host name resolves to is checked before any connection is made, and the
+connection goes to the checked address while TLS still verifies the host name (SNI and
+certificate), so a DNS answer cannot change between the check and the connect.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+from django.core.exceptions import ValidationError
+from requests.adapters import HTTPAdapter
+
+from .conf import app_settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Ranges that wrap an IPv4 address inside IPv6; the embedded address is checked too.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+class UnsafeURL(ValueError):
+    """The URL is not allowed: bad scheme, or it resolves to a refused address."""
+
+
+class ResolutionError(OSError):
+    """The host name could not be resolved (retryable)."""
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    found = []
+    if ip.ipv4_mapped:
+        found.append(ip.ipv4_mapped)
+    if ip.sixtofour:
+        found.append(ip.sixtofour)
+    if ip.teredo:
+        found.extend(ip.teredo)
+    if ip in _NAT64 or ip in _NAT64_LOCAL:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
+def _allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(n, strict=False) for n in app_settings.ALLOWED_NETWORKS]
+
+
+def address_refusal(ip: IPAddress) -> str | None:
+    """Why ``ip`` may not be contacted, or None when it may."""
+    allowed = _allowed_networks()
+    if any(ip.version == net.version and ip in net for net in allowed):
+        return None
+    candidates: list[IPAddress] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        candidates += _embedded_ipv4(ip)
+    for candidate in candidates:
+        if any(candidate.version == net.version and candidate in net for net in allowed):
+            continue
+        if not candidate.is_global or candidate.is_multicast:
+            return f"{ip} is a private or reserved address"
+    return None
+
+
+def resolve(host: str, port: int) -> list[IPAddress]:
+    """All addresses ``host`` resolves to."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ResolutionError(f"could not resolve {host}: {exc}") from None
+    seen: list[IPAddress] = []
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        if ip not in seen:
+            seen.append(ip)
+    if not seen:
+        raise ResolutionError(f"could not resolve {host}")
+    return seen
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+    address: IPAddress
+
+
+def check_url(url: str) -> Target:
+    """Check scheme and every resolved address; return the address to connect to.
+
+    Raises :class:`UnsafeURL` (permanent) or :class:`ResolutionError` (retryable).
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeURL(f"invalid URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise UnsafeURL("the URL must start with https://")
+    if scheme == "http" and not app_settings.ALLOW_HTTP:
+        raise UnsafeURL("the URL must use https:// (plain http is not allowed)")
+    host = parts.hostname
+    if not host:
+        raise UnsafeURL("the URL has no host")
+    if parts.username or parts.password:
+        raise UnsafeURL("credentials in the URL are not allowed; use a custom header")
+    port = port or (443 if scheme == "https" else 80)
+    addresses = resolve(host, port)
+    for ip in addresses:
+        reason = address_refusal(ip)
+        if reason:
+            raise UnsafeURL(f"{host} resolves to a refused address ({reason})")
+    return Target(scheme, host, port, addresses[0])
+
+
+def validate_url(url: str) -> None:
+    """Django validator form of :func:`check_url`, for forms, serializers and services."""
+    if not isinstance(url, str) or len(url) > 2000:
+        raise ValidationError("Enter a valid URL of at most 2000 characters.", code="invalid")
+    try:
+        check_url(url)
+    except UnsafeURL as exc:
+        raise ValidationError(f"This URL is not allowed: {exc}.", code="unsafe_url") from None
+    except ResolutionError as exc:
+        raise ValidationError(f"This URL cannot be reached: {exc}.", code="unresolvable") from None
+
+
+class PinnedAdapter(HTTPAdapter):
+    """Connects to the pre-checked address carried on the request, TLS to the host name."""
+
+    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
+        target: Target | None = getattr(request, "webhooks_target", None)
+        if target is None:
+            raise UnsafeURL("request was not checked")
+        host_params, pool_kwargs = self.build_connection_pool_key_attributes(request, verify, cert)
+        host_params["host"] = str(target.address)
+        if target.scheme == "https":
+            pool_kwargs["server_hostname"] = target.host
+            pool_kwargs["assert_hostname"] = target.host
+        return self.poolmanager.connection_from_host(**host_params, pool_kwargs=pool_kwargs)
+
+
+_local = threading.local()
+
+
+def session() -> requests.Session:
+    """One pooled session per thread: building a client per request costs ~25 ms."""
+    s = getattr(_local, "session", None)
+    if s is None:
+        s = requests.Session()
+        s.trust_env = False  # no proxies or netrc from the worker's environment
+        adapter = PinnedAdapter(pool_connections=32, pool_maxsize=4, max_retries=0)
+        s.mount("http://", adapter)
+        s.mount("https://", adapter)
+        _local.session = s
+    return s
+
+
+@dataclass
+class Response:
+    status_code: int | None
+    duration_ms: int
+    excerpt: str = ""
+    error: str = ""
+    retry_after: float | None = None
+    permanent: bool = False  # refused URL, disabled endpoint: not retried
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300 and not self.error
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+
+def send(method: str, url: str, *, body: bytes, headers: dict[str, str]) -> Response:
+    """Send one request; never raises for network trouble, never follows redirects."""
+    started = time.monotonic()
+
+    def elapsed() -> int:
+        return int((time.monotonic() - started) * 1000)
+
+    try:
+        target = check_url(url)
+    except UnsafeURL as exc:
+        return Response(None, elapsed(), error=f"refused: {exc}", permanent=True)
+    except ResolutionError as exc:
+        return Response(None, elapsed(), error=str(exc))
+    host_header = target.host if ":" not in target.host else f"[{target.host}]"
+    if urlsplit(url).port:
+        host_header += f":{target.port}"
+    if method == "GET":
+        request = requests.Request("GET", url, headers=headers)
+        prepared = request.prepare()
+        prepared.url = f"{url}{'&' if '?' in url else '?'}{body.decode()}" if body else url
+    else:
+        prepared = requests.Request("POST", url, headers=headers, data=body).prepare()
+    prepared.headers["Host"] = host_header
+    prepared.webhooks_target = target  # read by PinnedAdapter
+    cap = app_settings.RESPONSE_EXCERPT_BYTES
+    timeout = app_settings.TIMEOUT
+    try:
+        resp = session().send(
+            prepared,
+            allow_redirects=False,
+            timeout=(app_settings.CONNECT_TIMEOUT, timeout),
+            stream=True,
+        )
+    except requests.Timeout:
+        return Response(None, elapsed(), error=f"timed out after {timeout:g} s")
+    except requests.ConnectionError as exc:
+        return Response(None, elapsed(), error=f"connection failed: {_short(exc)}")
+    except requests.RequestException as exc:
+        return Response(None, elapsed(), error=f"request failed: {_short(exc)}")
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        deadline = started + timeout
+        for chunk in resp.iter_content(8192):
+            if size < cap:
+                chunks.append(chunk)
+            size += len(chunk)
+            if size > 1_048_576 or time.monotonic() > deadline:
+                break  # do not read unbounded bodies; the connection is dropped below
+        excerpt = b"".join(chunks)[:cap].decode("utf-8", "replace")
+    except requests.RequestException as exc:
+        resp.close()
+        return Response(
+            resp.status_code, elapsed(), error=f"reading response failed: {_short(exc)}"
+        )
+    finally:
+        resp.close()
+    result = Response(resp.status_code, elapsed(), excerpt=excerpt)
+    if result.duration_ms > timeout * 1000:
+        result.error = f"timed out after {timeout:g} s"
+    elif 300 <= resp.status_code < 400:
+        location = resp.headers.get("Location", "")
+        result.error = f"redirect not followed ({resp.status_code} to {location[:200]})"
+    if resp.status_code in (429, 503):
+        result.retry_after = _retry_after(resp.headers.get("Retry-After"))
+    return result
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) <= 300 else text[:297] + "..."
