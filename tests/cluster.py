@@ -21,7 +21,8 @@ def database_url() -> str:
         return f"sqlite:///{s['NAME']}"
     user = s.get("USER") or "postgres"
     password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
-    return f"postgres://{user}{password}@{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
+    host = s.get("HOST") or "127.0.0.1"
+    return f"postgres://{user}{password}@{host}:{s.get('PORT') or 5432}/{s['NAME']}"
 
 
 class Cluster:

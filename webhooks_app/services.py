@@ -396,3 +396,29 @@ def replay_many(deliveries: Iterable[Delivery]) -> tuple[int, list[str]]:
 def delete_endpoint(endpoint: Endpoint) -> None:
     """Delete the endpoint with its subscriptions and delivery history."""
     endpoint.delete()
+
+
+def stats(tenant: str | None = None) -> dict[str, int]:
+    """Counts for dashboards: endpoints total/active/inactive, event types subscribed,
+    deliveries failed in the last 24 hours. ``tenant=None`` counts every tenant."""
+    from django.db.models import Count, Q
+
+    endpoints = Endpoint.objects.all()
+    subs = Subscription.objects.filter(enabled=True)
+    failed = Delivery.objects.filter(
+        status=Delivery.Status.FAILED, last_attempt_at__gte=timezone.now() - timedelta(days=1)
+    )
+    if tenant is not None:
+        endpoints = endpoints.filter(tenant=tenant)
+        subs = subs.filter(endpoint__tenant=tenant)
+        failed = failed.filter(tenant=tenant)
+    counts = endpoints.aggregate(
+        total=Count("id"), active=Count("id", filter=Q(is_active=True))
+    )
+    return {
+        "total": counts["total"],
+        "active": counts["active"],
+        "inactive": counts["total"] - counts["active"],
+        "event_types": subs.values("event_type").distinct().count(),
+        "failed_24h": failed.count(),
+    }
