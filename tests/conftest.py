@@ -39,6 +39,7 @@ def make_endpoint(db):
     from webhooks_app import services
 
     def make(url: str, events=("user.created",), **options):
-        return services.create_endpoint(url=url, events=list(events), **options)
+        events = events if isinstance(events, dict) else list(events)
+        return services.create_endpoint(url=url, events=events, **options)
 
     return make

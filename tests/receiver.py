@@ -38,6 +38,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.received: list[Received] = []
+        self.started = 0  # requests whose headers arrived (answered or not)
         self._script: list[Reply] = []
         self.default = Reply()
         self._cond = threading.Condition()
@@ -54,6 +55,8 @@ class Receiver:
                 body = self.rfile.read(length) if length else b""
                 parts = urlsplit(self.path)
                 with receiver._cond:
+                    receiver.started += 1
+                    receiver._cond.notify_all()
                     reply = receiver._script.pop(0) if receiver._script else receiver.default
                 if reply.delay:
                     time.sleep(reply.delay)
@@ -102,6 +105,15 @@ class Receiver:
                     )
                 self._cond.wait(left)
             return list(self.received)
+
+    def wait_started(self, count: int, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.started < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"receiver saw {self.started} request(s) start")
+                self._cond.wait(left)
 
     def close(self) -> None:
         self.server.shutdown()

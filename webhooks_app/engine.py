@@ -126,7 +126,7 @@ def _next_delay(delivery: Delivery, response: transport.Response) -> float | Non
     if response.status_code == 410 or response.permanent:
         return None
     schedule = app_settings.RETRY_SCHEDULE
-    position = delivery.sequence_attempts + 1  # attempts made in this sequence
+    position = delivery.sequence_attempts  # attempts made so far in this sequence
     if position >= len(schedule):
         return None
     delay = schedule[position]

@@ -1,0 +1,456 @@
+"""The delivery engine in-process, against a real HTTP receiver on 127.0.0.1."""
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import socket
+import time
+from datetime import timedelta
+from urllib.parse import parse_qsl
+
+import pytest
+import standardwebhooks
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.test import override_settings
+from django.utils import timezone
+
+from tests.receiver import Reply
+from webhooks_app import emit, engine, services, signals, signing
+from webhooks_app.models import Delivery, DeliveryAttempt, Endpoint, Event
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def webhooks(**changes):
+    return override_settings(WEBHOOKS_APP={**settings.WEBHOOKS_APP, **changes})
+
+
+def drain_until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        engine.drain()
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def test_signed_delivery_bytes_headers_and_signatures(receiver, make_endpoint):
+    endpoint, secret = make_endpoint(
+        receiver.url(), headers={"Authorization": "Bearer abc123"}, name="CRM"
+    )
+    event = emit("user.created", {"email": "mike@example.com", "name": "Mïke"})
+    assert engine.drain() == 1
+    (req,) = receiver.wait_for(1)
+    assert req.method == "POST"
+    assert req.body == event.body.encode("utf-8")
+    body = json.loads(req.body)
+    assert body == {
+        "id": event.public_id,
+        "event": "user.created",
+        "timestamp": body["timestamp"],
+        "version": "v1",
+        "tenant": "",
+        "data": {"email": "mike@example.com", "name": "Mïke"},
+    }
+    assert body["timestamp"].endswith("Z")
+    assert req.header("Content-Type") == "application/json"
+    assert req.header("User-Agent").startswith("webhooks_app/")
+    assert req.header("X-Webhook-Event") == "user.created"
+    assert req.header("Authorization") == "Bearer abc123"
+    assert req.header("webhook-id") == event.public_id == req.header("X-Webhook-Id")
+    # Independent checks: the standardwebhooks library, and a plain HMAC of the raw body.
+    standardwebhooks.Webhook(secret).verify(req.body, req.headers)
+    expected = hmac.new(secret.encode(), req.body, hashlib.sha256).hexdigest()
+    assert req.header("X-Webhook-Signature") == f"sha256={expected}"
+    delivery = Delivery.objects.get(event=event)
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("succeeded", 1, 200)
+    attempt = delivery.attempt_log.get()
+    assert (
+        attempt.succeeded
+        and attempt.status_code == 200
+        and attempt.response_excerpt == '{"ok":true}'
+    )
+    assert endpoint.pk == delivery.endpoint_id
+
+
+def test_rollback_writes_and_sends_nothing(receiver, make_endpoint):
+    make_endpoint(receiver.url())
+    with pytest.raises(RuntimeError), transaction.atomic():
+        emit("user.created", {"email": "x@y.z"})
+        raise RuntimeError("the caller's change failed")
+    assert Event.objects.count() == 0 and Delivery.objects.count() == 0
+    assert engine.drain() == 0
+    time.sleep(0.2)
+    assert receiver.received == []
+
+
+def test_unknown_event_type_is_refused_and_nothing_written(make_endpoint):
+    with pytest.raises(ValidationError, match="Unknown event type 'user.exploded'"):
+        emit("user.exploded", {})
+    with pytest.raises(ValidationError, match="not JSON"):
+        emit("user.created", {"when": object()})
+    assert Event.objects.count() == 0
+
+
+def test_only_active_subscribed_endpoints_of_the_tenant_get_deliveries(receiver, make_endpoint):
+    a, _ = make_endpoint(receiver.url("/a"), tenant="acme")
+    make_endpoint(receiver.url("/b"), tenant="globex")
+    make_endpoint(receiver.url("/c"), tenant="acme", is_active=False)
+    make_endpoint(
+        receiver.url("/d"), tenant="acme", events={"user.created": False, "user.deleted": True}
+    )
+    make_endpoint(receiver.url("/e"), tenant="acme", events=["payment.succeeded"])
+    event = emit("user.created", {"id": 1}, tenant="acme")
+    assert list(event.deliveries.values_list("endpoint_id", flat=True)) == [a.pk]
+    assert emit("user.updated", {}, tenant="acme").deliveries.count() == 0
+    engine.drain()
+    assert [r.path for r in receiver.wait_for(1)] == ["/a"]
+    assert json.loads(receiver.received[0].body)["tenant"] == "acme"
+
+
+def test_tenant_key_name_is_configurable(receiver, make_endpoint):
+    make_endpoint(receiver.url(), tenant="ent_abc123")
+    with webhooks(TENANT_KEY="enterpriseId"):
+        emit("user.created", {}, tenant="ent_abc123")
+        engine.drain()
+    body = json.loads(receiver.wait_for(1)[0].body)
+    assert body["enterpriseId"] == "ent_abc123" and "tenant" not in body
+
+
+def test_retries_follow_the_schedule_then_succeed(receiver, make_endpoint):
+    endpoint, secret = make_endpoint(receiver.url())
+    receiver.script(Reply(500, b"boom"), Reply(502, b"bad gateway"))
+    with webhooks(RETRY_SCHEDULE=[0, 0.3, 0.6]):
+        event = emit("user.created", {"n": 1})
+        engine.drain()
+        d = Delivery.objects.get(event=event)
+        assert (d.status, d.attempts, d.last_status_code) == ("pending", 1, 500)
+        gap = (d.next_attempt_at - d.last_attempt_at).total_seconds()
+        assert 0.29 <= gap <= 0.35
+        drain_until(lambda: Delivery.objects.get(pk=d.pk).status == "succeeded")
+    reqs = receiver.wait_for(3)
+    assert len({r.body for r in reqs}) == 1  # identical bytes on every retry
+    assert {r.header("webhook-id") for r in reqs} == {event.public_id}
+    for r in reqs:
+        standardwebhooks.Webhook(secret).verify(r.body, r.headers)
+    assert reqs[1].at - reqs[0].at >= 0.3 and reqs[2].at - reqs[1].at >= 0.6
+    attempts = list(DeliveryAttempt.objects.filter(delivery__event=event).order_by("number"))
+    assert [(a.number, a.status_code, a.succeeded) for a in attempts] == [
+        (1, 500, False),
+        (2, 502, False),
+        (3, 200, True),
+    ]
+    assert attempts[0].response_excerpt == "boom" and attempts[0].error == ""
+    assert Delivery.objects.get(event=event).last_error == ""
+
+
+def test_delivery_fails_after_last_attempt_and_signal_fires(receiver, make_endpoint):
+    make_endpoint(receiver.url())
+    receiver.default = Reply(500, b"down")
+    failed = []
+    signals.delivery_failed.connect(
+        lambda sender, delivery, **kw: failed.append(delivery.pk),
+        weak=False,
+        dispatch_uid="t-failed",
+    )
+    try:
+        with webhooks(RETRY_SCHEDULE=[0, 0.1]):
+            event = emit("user.created", {})
+            drain_until(lambda: Delivery.objects.get(event=event).status == "failed")
+    finally:
+        signals.delivery_failed.disconnect(dispatch_uid="t-failed")
+    d = Delivery.objects.get(event=event)
+    assert d.attempts == 2 and d.last_error == "HTTP 500" and d.next_attempt_at is None
+    assert failed == [d.pk]
+    assert len(receiver.received) == 2
+
+
+def test_410_stops_retrying_and_disables_the_endpoint(receiver, make_endpoint):
+    endpoint, _ = make_endpoint(receiver.url())
+    receiver.script(Reply(410, b"gone"))
+    event = emit("user.created", {})
+    engine.drain()
+    d = Delivery.objects.get(event=event)
+    endpoint.refresh_from_db()
+    assert d.status == "failed" and d.attempts == 1
+    assert not endpoint.is_active and "410" in endpoint.disabled_reason
+    assert emit("user.created", {}).deliveries.count() == 0
+
+
+def test_retry_after_is_honoured_up_to_the_cap(receiver, make_endpoint):
+    make_endpoint(receiver.url())
+    receiver.script(
+        Reply(429, headers={"Retry-After": "7"}), Reply(503, headers={"Retry-After": "9999"})
+    )
+    with webhooks(RETRY_SCHEDULE=[0, 1, 1], RETRY_AFTER_MAX=60):
+        event = emit("user.created", {})
+        engine.drain()
+        d = Delivery.objects.get(event=event)
+        assert 6.9 <= (d.next_attempt_at - d.last_attempt_at).total_seconds() <= 7.1
+        Delivery.objects.filter(pk=d.pk).update(next_attempt_at=timezone.now())
+        engine.drain()
+        d.refresh_from_db()
+        assert (d.next_attempt_at - d.last_attempt_at).total_seconds() == pytest.approx(60, abs=0.1)
+
+
+def test_redirect_is_not_followed_and_counts_as_failure(receiver, make_endpoint):
+    make_endpoint(receiver.url())
+    receiver.script(Reply(302, headers={"Location": receiver.url("/elsewhere")}))
+    with webhooks(RETRY_SCHEDULE=[0]):
+        event = emit("user.created", {})
+        engine.drain()
+    d = Delivery.objects.get(event=event)
+    assert d.status == "failed" and "redirect not followed" in d.last_error
+    time.sleep(0.2)
+    assert [r.path for r in receiver.received] == ["/hook"]
+
+
+def test_timeout_is_a_failed_attempt(receiver, make_endpoint):
+    make_endpoint(receiver.url())
+    receiver.script(Reply(200, delay=2.0))
+    with webhooks(RETRY_SCHEDULE=[0], TIMEOUT=0.5):
+        event = emit("user.created", {})
+        engine.drain()
+    d = Delivery.objects.get(event=event)
+    assert d.status == "failed" and "timed out" in d.last_error and d.last_status_code is None
+
+
+def test_connection_refused_is_retryable(make_endpoint):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    make_endpoint(f"http://127.0.0.1:{port}/hook")
+    event = emit("user.created", {})
+    engine.drain()
+    d = Delivery.objects.get(event=event)
+    assert d.status == "pending" and "connection failed" in d.last_error
+    assert d.attempt_log.get().error.startswith("connection failed")
+
+
+def test_get_endpoint_receives_flattened_query_signed(receiver, make_endpoint):
+    _, secret = make_endpoint(receiver.url(), method="GET", payload_extra={"source": "crm"})
+    event = emit("user.created", {"email": "a@b.c", "profile": {"plan": "pro"}})
+    engine.drain()
+    (req,) = receiver.wait_for(1)
+    assert req.method == "GET" and req.body == b""
+    query = dict(parse_qsl(req.query))
+    assert query["id"] == event.public_id and query["event"] == "user.created"
+    assert query["data.email"] == "a@b.c" and query["data.profile.plan"] == "pro"
+    assert query["source"] == "crm" and query["version"] == "v1"
+    signing.verify(secret, req.query.encode(), req.headers)
+    # Independent check of the signed content "{id}.{timestamp}.{query string}".
+    key = base64.b64decode(secret[len("whsec_") :])
+    signed = f"{event.public_id}.{req.header('webhook-timestamp')}.{req.query}".encode()
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    assert req.header("webhook-signature") == f"v1,{expected}"
+    assert req.header("Content-Type") is None
+
+
+def test_selected_fields_and_custom_values_shape_the_body(receiver, make_endpoint):
+    _, secret = make_endpoint(
+        receiver.url(), payload_fields=["email", "company.name"], payload_extra={"app_token": "t-1"}
+    )
+    emit(
+        "user.created",
+        {"email": "a@b.c", "password_hint": "no", "company": {"name": "Acme", "size": 5}},
+    )
+    engine.drain()
+    (req,) = receiver.wait_for(1)
+    body = json.loads(req.body)
+    assert body["data"] == {"email": "a@b.c", "company": {"name": "Acme"}}
+    assert body["app_token"] == "t-1"
+    standardwebhooks.Webhook(secret).verify(req.body, req.headers)
+
+
+def test_replay_sends_same_event_id_and_bytes(receiver, make_endpoint):
+    make_endpoint(receiver.url())
+    receiver.script(Reply(500))
+    with webhooks(RETRY_SCHEDULE=[0]):
+        event = emit("user.created", {"a": 1})
+        engine.drain()
+        d = Delivery.objects.get(event=event)
+        assert d.status == "failed"
+        with pytest.raises(ValidationError, match="still being attempted"):
+            services.replay(_pending_copy(d))
+        services.replay(d)
+        assert d.status == "pending"
+        engine.drain()
+    d.refresh_from_db()
+    assert d.status == "succeeded" and d.attempts == 2
+    first, second = receiver.wait_for(2)
+    assert first.body == second.body and first.header("webhook-id") == second.header("webhook-id")
+
+
+def _pending_copy(d):
+    d2 = Delivery.objects.get(pk=d.pk)
+    d2.status = "pending"
+    return d2
+
+
+def test_rotation_without_grace_old_secret_stops_at_once(receiver, make_endpoint):
+    endpoint, old = make_endpoint(receiver.url())
+    new = services.rotate_secret(endpoint)
+    assert new != old and new.startswith("whsec_")
+    emit("user.created", {})
+    engine.drain()
+    (req,) = receiver.wait_for(1)
+    standardwebhooks.Webhook(new).verify(req.body, req.headers)
+    with pytest.raises(standardwebhooks.WebhookVerificationError):
+        standardwebhooks.Webhook(old).verify(req.body, req.headers)
+    with pytest.raises(signing.WebhookVerificationError):
+        signing.verify(old, req.body, req.headers)
+
+
+def test_rotation_with_grace_signs_with_both_until_it_ends(receiver, make_endpoint):
+    endpoint, old = make_endpoint(receiver.url())
+    new = services.rotate_secret(endpoint, grace=timedelta(hours=1))
+    emit("user.created", {})
+    engine.drain()
+    (req,) = receiver.wait_for(1)
+    for secret in (old, new):
+        standardwebhooks.Webhook(secret).verify(req.body, req.headers)
+        signing.verify(secret, req.body, req.headers)
+    # Once the grace period is over, only the new secret signs.
+    Endpoint.objects.filter(pk=endpoint.pk).update(
+        previous_secret_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    emit("user.created", {})
+    engine.drain()
+    req2 = receiver.wait_for(2)[1]
+    signing.verify(new, req2.body, req2.headers)
+    with pytest.raises(signing.WebhookVerificationError):
+        signing.verify(old, req2.body, req2.headers)
+    with pytest.raises(ValidationError):
+        services.rotate_secret(endpoint, grace=timedelta(days=30))
+
+
+def test_send_test_is_synchronous_and_recorded(receiver, make_endpoint):
+    endpoint, secret = make_endpoint(receiver.url())
+    result = services.send_test(endpoint)
+    assert result.ok and result.status_code == 200 and result.response_excerpt == '{"ok":true}'
+    (req,) = receiver.wait_for(1)
+    body = json.loads(req.body)
+    assert body["event"] == "webhook.test" and body["data"] == {"message": "This is a test webhook"}
+    standardwebhooks.Webhook(secret).verify(req.body, req.headers)
+    assert result.delivery.event_type == "webhook.test" and result.delivery.status == "succeeded"
+    receiver.script(Reply(500, b"nope"))
+    bad = services.send_test(endpoint)
+    assert not bad.ok and bad.status_code == 500 and bad.response_excerpt == "nope"
+    assert Delivery.objects.get(pk=bad.delivery.pk).status == "failed"  # tests are not retried
+    assert engine.drain() == 0
+
+
+def test_lease_guard_a_worker_that_lost_its_claim_records_nothing(receiver, make_endpoint):
+    make_endpoint(receiver.url())
+    emit("user.created", {})
+    token, rows = engine.claim(10)
+    assert len(rows) == 1
+    # The lease runs out and another worker claims the row.
+    Delivery.objects.filter(pk=rows[0].pk).update(next_attempt_at=timezone.now())
+    token2, rows2 = engine.claim(10)
+    assert [r.pk for r in rows2] == [rows[0].pk]
+    engine.deliver_chunk(token, rows)  # the first worker finishes late
+    d = Delivery.objects.get(pk=rows[0].pk)
+    assert d.attempts == 0 and d.claim_token == token2 and not d.attempt_log.exists()
+    engine.deliver_chunk(token2, rows2)
+    assert Delivery.objects.get(pk=d.pk).status == "succeeded"
+
+
+def test_claim_never_hands_out_a_leased_row_twice(make_endpoint, receiver):
+    make_endpoint(receiver.url())
+    for _ in range(5):
+        emit("user.created", {})
+    _, first = engine.claim(3)
+    _, second = engine.claim(10)
+    assert len(first) == 3 and len(second) == 2
+    assert not {d.pk for d in first} & {d.pk for d in second}
+
+
+def test_broker_outage_does_not_fail_the_callers_save(receiver, make_endpoint, monkeypatch, caplog):
+    make_endpoint(receiver.url())
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+    monkeypatch.setattr("django_q.tasks.async_task", broker_down)
+    monkeypatch.setattr("webhooks_app.tasks._last_wake", 0.0)
+    with caplog.at_level(logging.WARNING, logger="webhooks_app"):
+        with transaction.atomic():
+            event = emit("user.created", {"saved": True})
+    assert Event.objects.filter(pk=event.pk).exists()
+    assert "could not enqueue" in caplog.text
+    engine.drain()  # what the workers' poll does once they run
+    assert json.loads(receiver.wait_for(1)[0].body)["data"] == {"saved": True}
+
+
+def test_model_signal_binding_emits_without_code(receiver, make_endpoint):
+    make_endpoint(receiver.url(), events=["user.created", "user.deleted"])
+    user = get_user_model().objects.create_user("mike", "mike@example.com", "pw-not-sent")
+    pk = user.pk
+    user.delete()
+    engine.drain()
+    reqs = receiver.wait_for(2)
+    bodies = sorted((json.loads(r.body) for r in reqs), key=lambda b: b["event"])
+    assert bodies[0]["event"] == "user.created"
+    assert bodies[0]["data"] == {"id": pk, "username": "mike", "email": "mike@example.com"}
+    assert bodies[1]["event"] == "user.deleted" and bodies[1]["data"]["id"] == pk
+    assert all(b"pw-not-sent" not in r.body and b"pbkdf2" not in r.body for r in reqs)
+
+
+def test_webhook_event_signal_emits(receiver, make_endpoint):
+    make_endpoint(receiver.url(), events=["payment.succeeded"], tenant="t1")
+    signals.webhook_event.send(
+        sender=None, event_type="payment.succeeded", data={"amount": 5}, tenant="t1"
+    )
+    engine.drain()
+    assert json.loads(receiver.wait_for(1)[0].body)["data"] == {"amount": 5}
+
+
+def test_secret_is_encrypted_at_rest_and_never_logged(receiver, make_endpoint, caplog):
+    endpoint, secret = make_endpoint(receiver.url())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT secret_encrypted FROM webhooks_app_endpoint WHERE id = %s", [endpoint.pk]
+        )
+        stored = cursor.fetchone()[0]
+    assert secret not in stored and secret[6:] not in stored
+    receiver.default = Reply(500, b"err")
+    with caplog.at_level(logging.DEBUG), webhooks(RETRY_SCHEDULE=[0]):
+        emit("user.created", {})
+        engine.drain()
+        services.send_test(endpoint)
+    assert secret not in caplog.text and secret[6:] not in caplog.text
+    assert secret not in repr(endpoint.__dict__)
+
+
+def test_auto_disable_after_consecutive_failures(receiver, make_endpoint):
+    endpoint, _ = make_endpoint(receiver.url())
+    receiver.default = Reply(500)
+    disabled = []
+    signals.endpoint_disabled.connect(
+        lambda sender, endpoint, reason, **kw: disabled.append(reason),
+        weak=False,
+        dispatch_uid="t-disabled",
+    )
+    try:
+        with webhooks(RETRY_SCHEDULE=[0], AUTO_DISABLE_AFTER=3):
+            for _ in range(4):
+                emit("user.created", {})
+            engine.drain()
+    finally:
+        signals.endpoint_disabled.disconnect(dispatch_uid="t-disabled")
+    endpoint.refresh_from_db()
+    assert not endpoint.is_active and "3 consecutive" in endpoint.disabled_reason
+    assert len(disabled) == 1
+    services.update_endpoint(endpoint, is_active=True)
+    endpoint.refresh_from_db()
+    assert (
+        endpoint.is_active and endpoint.disabled_reason == "" and endpoint.consecutive_failures == 0
+    )
