@@ -1,3 +1,18 @@
-"""API routes (filled in by the REST API work)."""
+"""API routes; a host site mounts them with ``path("api/webhooks/", include(...))``."""
 
-urlpatterns: list = []
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from . import views
+from .schema import SchemaView
+
+router = SimpleRouter()
+router.register("endpoints", views.EndpointViewSet, basename="webhooks-endpoint")
+router.register("deliveries", views.DeliveryViewSet, basename="webhooks-delivery")
+
+urlpatterns = [
+    *router.urls,
+    path("event-types/", views.EventTypeListView.as_view(), name="webhooks-event-types"),
+    path("stats/", views.StatsView.as_view(), name="webhooks-stats"),
+    path("schema/", SchemaView.as_view(), name="webhooks-schema"),
+]

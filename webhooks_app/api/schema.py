@@ -1,0 +1,93 @@
+"""The OpenAPI document: served at ``schema/`` and committed as ``openapi.yaml``.
+
+The committed file is the contract; ``tests/test_api_schema.py`` regenerates it and fails
+when the code disagrees. Regenerate after an intentional change with::
+
+    .venv/bin/python manage.py spectacular --urlconf webhooks_app.api.urls \\
+        --custom-settings webhooks_app.api.schema.SPECTACULAR_SETTINGS \\
+        --validate --fail-on-warn --file webhooks_app/api/openapi.yaml
+
+Paths are relative to wherever the host site mounts ``webhooks_app.api.urls``; the
+served copy names that mount point in ``servers``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.renderers import OpenApiYamlRenderer
+from drf_spectacular.settings import patched_settings
+from drf_spectacular.utils import extend_schema
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from .. import __version__
+
+SCHEMA_FILE = Path(__file__).with_name("openapi.yaml")
+URLCONF = "webhooks_app.api.urls"
+REGENERATE = (
+    ".venv/bin/python manage.py spectacular --urlconf webhooks_app.api.urls "
+    "--custom-settings webhooks_app.api.schema.SPECTACULAR_SETTINGS "
+    "--validate --fail-on-warn --file webhooks_app/api/openapi.yaml"
+)
+
+# Applied over the host's SPECTACULAR_SETTINGS, so the document describes this app, not
+# the host site, and is the same wherever the app is installed.
+SPECTACULAR_SETTINGS: dict[str, Any] = {
+    "TITLE": "webhooks_app API",
+    "DESCRIPTION": (
+        "Manage outbound webhooks: endpoints, their signing secrets, test deliveries, the "
+        "delivery history and replays. Every request acts for one tenant; other tenants' "
+        "objects answer 404. Lists use cursor pagination (`cursor`, `limit`)."
+    ),
+    "VERSION": __version__,
+    # Separate request and response components: read-only fields are not request input.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": "",
+    "SERVERS": [],
+    "SCHEMA_COERCE_PATH_PK_SUFFIX": True,
+    "ENUM_NAME_OVERRIDES": {},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "webhooks_app.api.schema.forbid_unknown_request_fields",
+    ],
+}
+
+
+def forbid_unknown_request_fields(result: dict, generator: Any, **kwargs: Any) -> dict:
+    """Request bodies refuse unknown fields (400), so say so: additionalProperties false."""
+    for name, component in result.get("components", {}).get("schemas", {}).items():
+        if name.endswith("Request") and component.get("type") == "object":
+            component["additionalProperties"] = False
+    return result
+
+
+def generate() -> dict[str, Any]:
+    """The document as the committed file should hold it."""
+    with patched_settings(SPECTACULAR_SETTINGS):
+        return SchemaGenerator(urlconf=URLCONF).get_schema(request=None, public=True)
+
+
+def render(document: dict[str, Any]) -> str:
+    return OpenApiYamlRenderer().render(document, renderer_context={}).decode("utf-8")
+
+
+class SchemaView(SpectacularAPIView):
+    """The OpenAPI document, YAML or JSON by content negotiation (``?format=json``)."""
+
+    # Public: it describes the API, holds no data, and lets tooling fetch it unauthenticated.
+    permission_classes = [AllowAny]
+    urlconf = URLCONF
+    custom_settings = SPECTACULAR_SETTINGS
+
+    @extend_schema(exclude=True)  # the document does not describe itself
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        response = super().get(request, *args, **kwargs)
+        # The mount point: the path up to this view's own "schema/".
+        prefix = request.path[: request.path.rfind("schema/")]
+        response.data = {**response.data, "servers": [{"url": prefix.rstrip("/") or "/"}]}
+        return response

@@ -1,0 +1,287 @@
+"""Request and response shapes of the API; type checks only, the rules live in services.
+
+Input serializers are strict: they refuse fields they do not know (and read-only ones)
+and values of the wrong JSON type, instead of coercing or ignoring them, so a client's
+typo is a 400 rather than a silently different endpoint. Everything beyond types (URL
+safety, secret length, event registry, header names) is validated by ``services``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from ..models import Delivery, DeliveryAttempt, Endpoint
+from ..signing import MIN_SECRET_LENGTH
+
+
+# Strict fields ---------------------------------------------------------------------------
+class StrictCharField(serializers.CharField):
+    """Text only: DRF's CharField would turn ``123`` or ``true`` into a string."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """``true``/``false`` only: DRF's BooleanField also takes ``"yes"``, ``1``, ``"on"``."""
+
+    default_error_messages = {"invalid": "Must be true or false."}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON number without a fraction (not ``"30"``, not ``true``)."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid")
+        if isinstance(data, float) and not data.is_integer():
+            self.fail("invalid")
+        return super().to_internal_value(int(data))
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "array", "items": {"type": "string"}},
+            {"type": "object", "additionalProperties": {"type": "boolean"}},
+        ],
+        "description": (
+            "Event types to receive: a list of names, or an object of name -> enabled "
+            "(the per-event toggle). Responses list the enabled ones. See /event-types/."
+        ),
+    }
+)
+class EventsField(serializers.Field):
+    default_error_messages = {
+        "invalid": "Give a list of event type names, or an object of name: true/false."
+    }
+
+    def to_internal_value(self, data: Any) -> list[str] | dict[str, bool]:
+        if isinstance(data, list):
+            if not all(isinstance(name, str) for name in data):
+                self.fail("invalid")
+            return list(data)
+        if isinstance(data, Mapping):
+            if not all(isinstance(v, bool) for v in data.values()):
+                self.fail("invalid")
+            return dict(data)
+        self.fail("invalid")
+
+    def to_representation(self, value: Any) -> list[str]:
+        return list(value)
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses unknown and read-only fields with a message per field."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            errors: dict[str, list[str]] = {}
+            for name in data:
+                field = self.fields.get(name)
+                if field is None:
+                    errors[str(name)] = ["Unknown field."]
+                elif field.read_only:
+                    errors[str(name)] = ["This field is read-only."]
+            if errors:
+                raise serializers.ValidationError(errors)
+        return super().to_internal_value(data)
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every error but a 400: ``{"detail": "..."}``."""
+
+    detail = serializers.CharField()
+
+
+# Endpoints -------------------------------------------------------------------------------
+class EndpointSerializer(StrictSerializer):
+    """An endpoint as the API shows it (never its secret) and as clients write it."""
+
+    id = serializers.IntegerField(read_only=True)
+    name = StrictCharField(required=False, allow_blank=True, max_length=200)
+    description = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
+    url = StrictCharField(
+        max_length=2000,
+        help_text="Where webhooks are sent. https only unless the site allows http; "
+        "private and reserved addresses are refused.",
+    )
+    method = serializers.ChoiceField(choices=Endpoint.Method.choices, required=False)
+    is_active = StrictBooleanField(required=False)
+    events = EventsField(source="event_types")
+    headers = serializers.DictField(
+        child=StrictCharField(allow_blank=True, trim_whitespace=False),
+        required=False,
+        help_text="Custom headers sent with every request.",
+    )
+    payload_extra = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        help_text="Custom values added to every payload's top level.",
+    )
+    payload_fields = serializers.ListField(
+        child=StrictCharField(),
+        required=False,
+        help_text="Keys of the event data to send (dotted for nested keys); empty: all.",
+    )
+    notify_email = serializers.EmailField(required=False, allow_blank=True)
+    disabled_reason = serializers.CharField(read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+    updated_at = serializers.DateTimeField(read_only=True)
+
+    # Defaults a PUT applies to the fields it leaves out: PUT replaces the endpoint.
+    PUT_DEFAULTS: dict[str, Any] = {
+        "name": "",
+        "description": "",
+        "method": Endpoint.Method.POST,
+        "is_active": True,
+        "headers": {},
+        "payload_extra": {},
+        "payload_fields": [],
+        "notify_email": "",
+    }
+
+    def service_values(self) -> dict[str, Any]:
+        """Validated data keyed as ``services`` names them."""
+        values = dict(self.validated_data)
+        if "event_types" in values:
+            values["events"] = values.pop("event_types")
+        return values
+
+
+class EndpointCreateSerializer(EndpointSerializer):
+    secret = StrictCharField(
+        write_only=True,
+        required=False,
+        min_length=MIN_SECRET_LENGTH,
+        max_length=200,
+        help_text=f"Your own signing secret (at least {MIN_SECRET_LENGTH} characters); "
+        "omit it to have one generated. Either way it is returned once, in this response.",
+    )
+
+
+class EndpointWithSecretSerializer(EndpointSerializer):
+    """The create response: the endpoint and its plaintext secret, shown this once."""
+
+    secret = serializers.CharField(
+        read_only=True, help_text="The signing secret. Store it now: it is never shown again."
+    )
+
+
+class TestRequestSerializer(StrictSerializer):
+    data = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        help_text='The test event\'s data; default: {"message": "This is a test webhook"}.',
+    )
+
+
+class TestResultSerializer(serializers.Serializer):
+    ok = serializers.BooleanField(help_text="The endpoint answered 2xx in time.")
+    status_code = serializers.IntegerField(allow_null=True)
+    duration_ms = serializers.IntegerField()
+    response_excerpt = serializers.CharField(allow_blank=True)
+    error = serializers.CharField(allow_blank=True)
+    delivery = serializers.IntegerField(
+        source="delivery.pk", help_text="The test delivery, in the history like any other."
+    )
+    event_id = serializers.CharField(source="delivery.event.public_id")
+
+
+class RotateSecretRequestSerializer(StrictSerializer):
+    grace = StrictIntegerField(
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=7 * 24 * 3600,
+        help_text="Seconds during which the old secret keeps signing too (at most 7 days). "
+        "Omitted or 0: the old secret stops at once.",
+    )
+
+
+class RotateSecretResponseSerializer(serializers.Serializer):
+    secret = serializers.CharField(help_text="The new secret. Store it now: never shown again.")
+    previous_secret_expires_at = serializers.DateTimeField(
+        allow_null=True, help_text="Until when the old secret still signs requests."
+    )
+
+
+# Deliveries ------------------------------------------------------------------------------
+class DeliveryAttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeliveryAttempt
+        fields = [
+            "number",
+            "started_at",
+            "duration_ms",
+            "status_code",
+            "response_excerpt",
+            "error",
+            "succeeded",
+        ]
+        read_only_fields = fields
+
+
+class DeliverySerializer(serializers.ModelSerializer):
+    event_id = serializers.CharField(source="event.public_id", read_only=True)
+
+    class Meta:
+        model = Delivery
+        fields = [
+            "id",
+            "event_id",
+            "endpoint",
+            "event_type",
+            "status",
+            "attempts",
+            "next_attempt_at",
+            "last_attempt_at",
+            "last_status_code",
+            "last_response_ms",
+            "last_error",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class DeliveryDetailSerializer(DeliverySerializer):
+    attempt_log = DeliveryAttemptSerializer(many=True, read_only=True)
+    payload = serializers.SerializerMethodField(help_text="The exact body (or query string) sent.")
+
+    class Meta(DeliverySerializer.Meta):
+        fields = [*DeliverySerializer.Meta.fields, "payload", "attempt_log"]
+        read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_payload(self, delivery: Delivery) -> str:
+        return delivery.payload_bytes().decode("utf-8")
+
+
+# Registry and stats ----------------------------------------------------------------------
+class EventTypeSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    example = serializers.JSONField(help_text="An example of the event's data.")
+    subscribable = serializers.BooleanField(
+        help_text="false for built-in types (webhook.test) that endpoints cannot subscribe to."
+    )
+
+
+class StatsSerializer(serializers.Serializer):
+    total = serializers.IntegerField(help_text="Endpoints.")
+    active = serializers.IntegerField()
+    inactive = serializers.IntegerField()
+    event_types = serializers.IntegerField(help_text="Distinct event types subscribed to.")
+    failed_24h = serializers.IntegerField(help_text="Deliveries failed in the last 24 hours.")
