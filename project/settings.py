@@ -4,6 +4,7 @@ DATABASE_URL (default: a SQLite file under var/, in WAL mode with IMMEDIATE tran
 and REDIS_URL (set: django-q2's Redis broker; unset: its ORM broker) choose the backends.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -75,7 +76,8 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     }
     # A file, not :memory:, so a qcluster subprocess can share the test database.
     DATABASES["default"]["TEST"] = {
-        "NAME": env("TEST_SQLITE_PATH", default=str(VAR_DIR / "test.sqlite3"))
+        # One file per test run, so concurrent runs never share (or delete) a database.
+        "NAME": env("TEST_SQLITE_PATH", default=str(VAR_DIR / f"test-{os.getpid()}.sqlite3"))
     }
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
