@@ -102,7 +102,8 @@ class WebhooksAPIMixin:
 
 
 def _validated(serializer_class: type, request: Request) -> dict[str, Any]:
-    serializer = serializer_class(data=request.data if request.data is not None else {})
+    # An empty body parses to {}; a JSON ``null`` stays None and is refused.
+    serializer = serializer_class(data=request.data)
     serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)
 
