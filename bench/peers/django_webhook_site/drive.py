@@ -1,0 +1,70 @@
+"""Emit events through django-webhook (model post_save -> Celery task per webhook).
+
+Run in the peer's virtualenv with the peer site's settings. Creates one Webhook per URL
+subscribed to ``peersite.Customer/create``, then creates ``--events`` customers, each in
+its own transaction like a view would, and prints one JSON line: the wall-clock time of
+the first emit and the per-emit durations. The receiver's access log tells the rest.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "peersite.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.db import transaction  # noqa: E402
+from django_webhook.models import (  # noqa: E402
+    Webhook,
+    WebhookEvent,
+    WebhookSecret,
+    WebhookTopic,
+)
+from peersite.models import Customer  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, required=True)
+    parser.add_argument("--urls", required=True, help="comma-separated receiver URLs")
+    args = parser.parse_args()
+
+    WebhookEvent.objects.all().delete()
+    Webhook.objects.all().delete()
+    Customer.objects.all().delete()
+    topic = WebhookTopic.objects.get(name="peersite.Customer/create")
+    for url in args.urls.split(","):
+        hook = Webhook.objects.create(url=url)
+        hook.topics.set([topic])
+        WebhookSecret.objects.create(webhook=hook, token="bench-secret-0123456789")
+
+    durations = []
+    t_first = time.time()
+    for i in range(args.events):
+        t0 = time.perf_counter()
+        with transaction.atomic():
+            Customer.objects.create(username=f"user{i}", email=f"user{i}@example.com")
+        durations.append(time.perf_counter() - t0)
+    t_last = time.time()
+    durations.sort()
+    print(
+        json.dumps(
+            {
+                "t_first": t_first,
+                "t_last": t_last,
+                "emit_median_ms": statistics.median(durations) * 1000,
+                "emit_p99_ms": durations[int(len(durations) * 0.99) - 1] * 1000,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
