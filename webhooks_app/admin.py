@@ -22,8 +22,10 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.http import urlencode
+from django.utils.timezone import localtime
 from django.utils.translation import gettext_lazy as _
 
 from . import services
@@ -222,7 +224,7 @@ class EndpointAdmin(admin.ModelAdmin):
             "url_display",
             "events_display",
             "active_display",
-            "created_at",
+            "created_display",
             "last_delivery_display",
             links,
         ]
@@ -248,6 +250,14 @@ class EndpointAdmin(admin.ModelAdmin):
             '<span class="wh-badge wh-off" title="{}">{}</span>',
             obj.disabled_reason,
             _("Inactive"),
+        )
+
+    @admin.display(description=_("created"), ordering="created_at")
+    def created_display(self, obj: Endpoint) -> str:
+        return format_html(
+            '<span class="wh-nowrap" title="{}">{}</span>',
+            date_format(localtime(obj.created_at), "DATETIME_FORMAT"),
+            date_format(localtime(obj.created_at), "M j, Y"),
         )
 
     @admin.display(description=_("last delivery"))
