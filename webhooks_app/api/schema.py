@@ -54,6 +54,7 @@ SPECTACULAR_SETTINGS: dict[str, Any] = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "webhooks_app.api.schema.forbid_unknown_request_fields",
+        "webhooks_app.api.schema.integer_ids",
     ],
 }
 
@@ -63,6 +64,21 @@ def forbid_unknown_request_fields(result: dict, generator: Any, **kwargs: Any) -
     for name, component in result.get("components", {}).get("schemas", {}).items():
         if name.endswith("Request") and component.get("type") == "object":
             component["additionalProperties"] = False
+    return result
+
+
+def integer_ids(result: dict, generator: Any, **kwargs: Any) -> dict:
+    """Document ``{id}`` as the integer it is.
+
+    The routes accept any segment (see ``WebhooksAPIMixin.lookup_value_regex``) only so
+    that a malformed id gets a JSON 404; that is not an invitation to send strings.
+    """
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "path" and parameter.get("name") == "id":
+                    parameter["schema"] = {"type": "integer"}
+                    parameter["description"] = "The object's id."
     return result
 
 

@@ -63,6 +63,9 @@ class WebhooksAPIMixin:
     """Configuration read live from ``WEBHOOKS_APP`` and service errors mapped to 400s."""
 
     schema = AutoSchema()
+    # Any path segment reaches the view, so a malformed id gets the API's JSON 404 (from
+    # get_object) instead of the site's HTML one from the URL resolver.
+    lookup_value_regex = "[^/]+"
     # JSON only: strict types mean the same thing in every request, and form encoding
     # cannot express them.
     parser_classes = [JSONParser]
