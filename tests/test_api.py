@@ -417,6 +417,8 @@ def test_bad_cursors_are_400(client, cursor):
         ({"headers": {"Content-Type": "text/plain"}}, "headers"),
         ({"payload_fields": "id"}, "payload_fields"),
         ({"payload_extra": {"id": 1}}, "payload_extra"),
+        ({"payload_extra": {"a": ["ok", "n\x00l"]}}, "payload_extra"),
+        ({"name": "n\x00l"}, "name"),
         ({"notify_email": "nope"}, "notify_email"),
         ({"url": None}, "url"),
         ({"colour": "blue"}, "colour"),

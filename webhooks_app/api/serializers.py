@@ -83,6 +83,20 @@ class EventsField(serializers.Field):
         return list(value)
 
 
+def reject_nul_characters(value: Any) -> None:
+    """No U+0000 anywhere in a JSON value: PostgreSQL cannot store it in text or jsonb."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise serializers.ValidationError("Null characters are not allowed.")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            reject_nul_characters(key)
+            reject_nul_characters(item)
+    elif isinstance(value, list):
+        for item in value:
+            reject_nul_characters(item)
+
+
 class StrictSerializer(serializers.Serializer):
     """Refuses unknown and read-only fields with a message per field."""
 
@@ -129,6 +143,7 @@ class EndpointSerializer(StrictSerializer):
     payload_extra = serializers.DictField(
         child=serializers.JSONField(),
         required=False,
+        validators=[reject_nul_characters],
         help_text="Custom values added to every payload's top level.",
     )
     payload_fields = serializers.ListField(
@@ -184,6 +199,7 @@ class TestRequestSerializer(StrictSerializer):
     data = serializers.DictField(
         child=serializers.JSONField(),
         required=False,
+        validators=[reject_nul_characters],
         help_text='The test event\'s data; default: {"message": "This is a test webhook"}.',
     )
 
