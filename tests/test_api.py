@@ -3,6 +3,7 @@ input validation, the feature gate, throttling and cursor pagination."""
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import timedelta
 
@@ -645,9 +646,7 @@ def test_anonymous_requests_are_refused(db, own):
 
 def test_basic_auth_works(alice, own):
     c = APIClient()
-    c.credentials(
-        HTTP_AUTHORIZATION="Basic " + __import__("base64").b64encode(b"alice:pw").decode()
-    )
+    c.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"alice:pw").decode())
     assert c.get(f"{API}/endpoints/{own.pk}/").status_code == 200
 
 
@@ -721,3 +720,22 @@ def test_test_and_replay_are_throttled(client, alice, receiver, make_endpoint):
         other.force_authenticate(bob)
         ep2, _ = make_endpoint(receiver.url("/hook"), tenant=tenant_of(bob))
         assert other.post(f"{API}/endpoints/{ep2.pk}/test/", format="json").status_code == 200
+
+
+def test_test_action_reports_a_url_refused_at_send_time(client, own):
+    # Created while http was allowed; the site has since required https.
+    with webhooks_settings(ALLOW_HTTP=False):
+        r = client.post(f"{API}/endpoints/{own.pk}/test/", format="json")
+    assert r.status_code == 200, r.content
+    assert r.json()["ok"] is False and "https" in r.json()["error"]
+
+
+def test_configured_authentication_classes(alice, own):
+    only_basic = ["rest_framework.authentication.BasicAuthentication"]
+    with webhooks_settings(API_AUTHENTICATION_CLASSES=only_basic):
+        r = APIClient().get(f"{API}/endpoints/")
+        # Basic first: the 401 carries a challenge.
+        assert r.status_code == 401 and r["WWW-Authenticate"].startswith("Basic")
+        c = APIClient()
+        c.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"alice:pw").decode())
+        assert c.get(f"{API}/endpoints/{own.pk}/").status_code == 200
