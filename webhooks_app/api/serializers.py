@@ -100,13 +100,16 @@ def reject_nul_characters(value: Any) -> None:
 class StrictSerializer(serializers.Serializer):
     """Refuses unknown and read-only fields with a message per field."""
 
+    # Fields a client may plausibly send that are not accepted here, with the reason.
+    refused_fields: dict[str, str] = {}
+
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, Mapping):
             errors: dict[str, list[str]] = {}
             for name in data:
                 field = self.fields.get(name)
                 if field is None:
-                    errors[str(name)] = ["Unknown field."]
+                    errors[str(name)] = [self.refused_fields.get(name, "Unknown field.")]
                 elif field.read_only:
                     errors[str(name)] = ["This field is read-only."]
             if errors:
@@ -155,6 +158,11 @@ class EndpointSerializer(StrictSerializer):
     disabled_reason = serializers.CharField(read_only=True)
     created_at = serializers.DateTimeField(read_only=True)
     updated_at = serializers.DateTimeField(read_only=True)
+
+    refused_fields = {
+        "secret": "The secret cannot be edited; use POST /endpoints/{id}/rotate-secret/.",
+        "tenant": "The tenant is set by the server from your credentials.",
+    }
 
     # Defaults a PUT applies to the fields it leaves out: PUT replaces the endpoint.
     PUT_DEFAULTS: dict[str, Any] = {

@@ -16,7 +16,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException
+from rest_framework.exceptions import APIException, PermissionDenied
 from rest_framework.exceptions import ValidationError as DRFValidationError
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
@@ -30,7 +30,7 @@ from ..models import Delivery, Endpoint
 from . import serializers as s
 from .filters import DeliveryFilter, EndpointFilter, TenantDeliveryFilter
 from .pagination import MAX_ID, IdCursorPagination
-from .permissions import api_authentication_classes, api_permission_classes
+from .permissions import HasTenant, api_authentication_classes, api_permission_classes
 from .tenancy import resolve_tenant
 from .throttling import WebhooksActionThrottle
 
@@ -87,7 +87,8 @@ class WebhooksAPIMixin:
     @property
     def tenant(self) -> str:
         tenant = resolve_tenant(self.request)  # type: ignore[attr-defined]
-        assert tenant is not None, "permissions guarantee a tenant"
+        if tenant is None:  # HasTenant already refused this request; never filter on None
+            raise PermissionDenied(HasTenant.message)
         return tenant
 
     def handle_exception(self, exc: Exception) -> Response:
