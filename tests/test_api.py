@@ -739,3 +739,56 @@ def test_configured_authentication_classes(alice, own):
         c = APIClient()
         c.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"alice:pw").decode())
         assert c.get(f"{API}/endpoints/{own.pk}/").status_code == 200
+
+
+@pytest.mark.skipif(
+    settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3",
+    reason="reads SQLite's query plan",
+)
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "status=failed",
+        "event_type=user.created",
+        "created_after=2000-01-01T00:00:00Z",
+        "endpoint={mine}",
+    ],
+)
+def test_delivery_pages_use_an_index_not_a_sort(client, alice, bob, make_endpoint, query):
+    """A page is one index range scan, however many rows the table holds."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from webhooks_app.models import Event
+
+    mine, _ = make_endpoint(SAFE_URL, tenant=tenant_of(alice))
+    theirs, _ = make_endpoint(SAFE_URL, tenant=tenant_of(bob))
+    events = Event.objects.bulk_create(
+        Event(event_type="user.created", body="{}", public_id=f"evt_bulk{i}") for i in range(2000)
+    )
+    Delivery.objects.bulk_create(
+        Delivery(
+            event=e,
+            endpoint=ep,
+            tenant=ep.tenant,
+            event_type=e.event_type,
+            status=Delivery.Status.FAILED if i % 5 == 0 else Delivery.Status.SUCCEEDED,
+        )
+        for i, e in enumerate(events)
+        for ep in (mine, theirs)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+    query = query.format(mine=mine.pk)
+    for path in (f"/deliveries/?limit=20&{query}", f"/endpoints/{mine.pk}/deliveries/?{query}"):
+        first = client.get(f"{API}{path}").json()
+        with CaptureQueriesContext(connection) as queries:
+            r = client.get(first["next"])
+        assert r.status_code == 200 and r.json()["results"]
+        (page_sql,) = [q["sql"] for q in queries if 'FROM "webhooks_app_delivery"' in q["sql"]]
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN QUERY PLAN " + page_sql)
+            plan = " | ".join(str(row[-1]) for row in cursor.fetchall())
+        assert "TEMP B-TREE" not in plan, plan
+        assert "SEARCH webhooks_app_delivery USING INDEX webhooks_dlv_" in plan, plan

@@ -291,11 +291,11 @@ class DeliveryViewSet(
     pagination_class = IdCursorPagination
 
     def get_queryset(self) -> QuerySet[Delivery]:
-        # Delivery.tenant is copied from the endpoint at emit time; filtering on both
-        # keeps isolation even if a row were ever written inconsistently.
-        queryset = Delivery.objects.filter(
-            tenant=self.tenant, endpoint__tenant=self.tenant
-        ).select_related("event")
+        # Delivery.tenant is the endpoint's tenant, copied when the delivery is created
+        # (emit, send_test); an endpoint's tenant never changes. Filtering on the copy
+        # alone keeps each page one range scan of the (tenant, -id) index: also joining
+        # on endpoint.tenant lets the planner go endpoint-first and sort every match.
+        queryset = Delivery.objects.filter(tenant=self.tenant).select_related("event")
         if self.action == "retrieve":
             queryset = queryset.prefetch_related("attempt_log")
         return queryset
