@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from django.core.validators import MaxLengthValidator, MinLengthValidator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -184,10 +185,29 @@ class EndpointSerializer(StrictSerializer):
         return values
 
 
+@extend_schema_field(
+    {"type": "string", "minLength": MIN_SECRET_LENGTH, "maxLength": 200, "pattern": r"^\S+$"}
+)
+class SecretField(StrictCharField):
+    """Documents its length limits but leaves checking them to ``services``.
+
+    ``services.create_endpoint`` validates the secret together with the URL and events,
+    so a request with several problems gets all their messages in one 400; a failing
+    serializer field would stop validation before the services ran.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.validators = [
+            v for v in self.validators if not isinstance(v, MinLengthValidator | MaxLengthValidator)
+        ]
+
+
 class EndpointCreateSerializer(EndpointSerializer):
-    secret = StrictCharField(
+    secret = SecretField(
         write_only=True,
         required=False,
+        allow_blank=True,  # "" means "generate one", like leaving it out
         min_length=MIN_SECRET_LENGTH,
         max_length=200,
         help_text=f"Your own signing secret (at least {MIN_SECRET_LENGTH} characters); "
