@@ -793,3 +793,22 @@ def test_delivery_pages_use_an_index_not_a_sort(client, alice, bob, make_endpoin
             plan = " | ".join(str(row[-1]) for row in cursor.fetchall())
         assert "TEMP B-TREE" not in plan, plan
         assert "SEARCH webhooks_app_delivery USING INDEX webhooks_dlv_" in plan, plan
+
+
+def test_lists_run_a_fixed_number_of_queries(
+    client, alice, make_endpoint, django_assert_max_num_queries
+):
+    tenant = tenant_of(alice)
+    for i in range(5):
+        make_endpoint(f"http://127.0.0.1:9/{i}", tenant=tenant)
+    for i in range(10):
+        emit("user.created", {"i": i}, tenant=tenant)
+    delivery = Delivery.objects.first()
+    with django_assert_max_num_queries(2):  # endpoints + their subscriptions
+        assert len(client.get(f"{API}/endpoints/").json()["results"]) == 5
+    with django_assert_max_num_queries(1):
+        assert len(client.get(f"{API}/deliveries/").json()["results"]) == 50
+    with django_assert_max_num_queries(3):  # endpoint and its subscriptions, the page
+        client.get(f"{API}/endpoints/{delivery.endpoint_id}/deliveries/")
+    with django_assert_max_num_queries(2):  # delivery with event, attempts
+        client.get(f"{API}/deliveries/{delivery.pk}/")

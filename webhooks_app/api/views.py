@@ -105,6 +105,11 @@ class WebhooksAPIMixin:
         return super().get_object()  # type: ignore[misc]
 
 
+def _list_columns(queryset: QuerySet[Delivery]) -> QuerySet[Delivery]:
+    """A list page shows the event's public id, never a body: don't load 50 of them."""
+    return queryset.select_related("event").defer("body", "event__body", "event__data")
+
+
 def _validated(serializer_class: type, request: Request) -> dict[str, Any]:
     # An empty body parses to {}; a JSON ``null`` stays None and is refused.
     serializer = serializer_class(data=request.data)
@@ -264,7 +269,7 @@ class EndpointViewSet(
     @action(detail=True, methods=["get"])
     def deliveries(self, request: Request, pk: str | None = None) -> Response:
         endpoint = self.get_object()
-        queryset = Delivery.objects.filter(endpoint=endpoint).select_related("event")
+        queryset = _list_columns(Delivery.objects.filter(endpoint=endpoint))
         queryset = DeliveryFilter.apply(queryset, request.query_params)
         page = self.paginate_queryset(queryset)
         return self.get_paginated_response(s.DeliverySerializer(page, many=True).data)
@@ -295,10 +300,10 @@ class DeliveryViewSet(
         # (emit, send_test); an endpoint's tenant never changes. Filtering on the copy
         # alone keeps each page one range scan of the (tenant, -id) index: also joining
         # on endpoint.tenant lets the planner go endpoint-first and sort every match.
-        queryset = Delivery.objects.filter(tenant=self.tenant).select_related("event")
-        if self.action == "retrieve":
-            queryset = queryset.prefetch_related("attempt_log")
-        return queryset
+        queryset = Delivery.objects.filter(tenant=self.tenant)
+        if self.action == "list":
+            return _list_columns(queryset)
+        return queryset.select_related("event").prefetch_related("attempt_log")
 
     def filter_queryset(self, queryset: QuerySet) -> QuerySet:
         queryset = super().filter_queryset(queryset)
