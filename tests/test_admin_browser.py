@@ -83,6 +83,16 @@ def refuses(secret: str, request) -> bool:
 
 
 def test_admin_story(page, live_server, receiver):
+    try:
+        story(page, receiver)
+    except BaseException:
+        # Leave evidence of where the story stopped.
+        shot(page, "99_failure")
+        (SHOTS / "99_failure.html").write_text(page.content())
+        raise
+
+
+def story(page, receiver) -> None:
     from playwright.sync_api import expect
 
     get_user_model().objects.create_superuser("admin", "admin@example.com", "admin-pw")
