@@ -782,7 +782,10 @@ def test_delivery_pages_use_an_index_not_a_sort(client, alice, bob, make_endpoin
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
     query = query.format(mine=mine.pk)
-    for path in (f"/deliveries/?limit=20&{query}", f"/endpoints/{mine.pk}/deliveries/?{query}"):
+    paths = [f"/deliveries/?limit=20&{query}"]
+    if not query.startswith("endpoint="):  # the per-endpoint list has no endpoint filter
+        paths.append(f"/endpoints/{mine.pk}/deliveries/?{query}")
+    for path in paths:
         first = client.get(f"{API}{path}").json()
         with CaptureQueriesContext(connection) as queries:
             r = client.get(first["next"])
@@ -812,3 +815,24 @@ def test_lists_run_a_fixed_number_of_queries(
         client.get(f"{API}/endpoints/{delivery.endpoint_id}/deliveries/")
     with django_assert_max_num_queries(2):  # delivery with event, attempts
         client.get(f"{API}/deliveries/{delivery.pk}/")
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["stauts=failed", "limit=0", "limit=201", "limit=abc", "limit=-1", "search=" + "x" * 201],
+)
+def test_bad_query_parameters_are_400(client, own, query):
+    for path in ("/deliveries/", "/endpoints/", f"/endpoints/{own.pk}/deliveries/"):
+        if query.startswith("search") and "deliveries" in path:
+            continue
+        r = client.get(f"{API}{path}?{query}")
+        assert r.status_code == 400, (path, r.content)
+        assert query.split("=")[0] in r.json()
+
+
+def test_limit_within_range_is_honoured(client, alice, make_endpoint):
+    make_endpoint(SAFE_URL, tenant=tenant_of(alice))
+    for i in range(3):
+        emit("user.created", {"i": i}, tenant=tenant_of(alice))
+    assert len(client.get(f"{API}/deliveries/?limit=1").json()["results"]) == 1
+    assert len(client.get(f"{API}/deliveries/?limit=200&format=json").json()["results"]) == 3

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import (
     content_type_conformance,
+    negative_data_rejection,
     not_a_server_error,
     response_headers_conformance,
     response_schema_conformance,
@@ -68,6 +69,7 @@ schema = schemathesis.openapi.from_path(api_schema.SCHEMA_FILE)
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
+    negative_data_rejection,
     content_type_conformance,
     response_headers_conformance,
     response_schema_conformance,

@@ -20,9 +20,19 @@ class _QueryFilter(serializers.Serializer):
     def filter(self, queryset: QuerySet, values: dict[str, Any]) -> QuerySet:
         raise NotImplementedError
 
+    # Read by the pagination class and DRF's format override, not by the filter.
+    OTHER_PARAMETERS = ("cursor", "limit", "format")
+
     @classmethod
     def apply(cls, queryset: QuerySet, query_params: Any) -> QuerySet:
         """Validate ``query_params`` (400 on bad values) and filter ``queryset``."""
+        known = set(cls().fields) | set(cls.OTHER_PARAMETERS)
+        # ``?stauts=failed`` silently listing everything is the bug this prevents.
+        unknown = sorted(name for name in query_params if name not in known)
+        if unknown:
+            raise serializers.ValidationError(
+                {name: ["Unknown query parameter."] for name in unknown}
+            )
         # A plain dict: with a QueryDict DRF reads a missing boolean as False (checkbox
         # semantics), which would turn "no is_active filter" into "is_active=false".
         data = {name: query_params.get(name) for name in cls().fields if name in query_params}
