@@ -74,16 +74,19 @@ class Cluster:
         except ProcessLookupError:
             pass
         self.proc.wait(10)
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
 
     def stop(self) -> None:
+        """SIGTERM to the main process only, as a process manager would: django-q2 then
+        stops its workers itself (a signal to the whole group can deadlock its stop)."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
+                pass
+        self.kill()  # whatever is left of the group
         try:
             self.log_path.unlink()
         except OSError:
