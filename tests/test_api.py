@@ -836,3 +836,20 @@ def test_limit_within_range_is_honoured(client, alice, make_endpoint):
         emit("user.created", {"i": i}, tenant=tenant_of(alice))
     assert len(client.get(f"{API}/deliveries/?limit=1").json()["results"]) == 1
     assert len(client.get(f"{API}/deliveries/?limit=200&format=json").json()["results"]) == 3
+
+
+@pytest.mark.parametrize("depth", [33, 900, 100_000])
+def test_deeply_nested_json_is_400(client, depth):
+    nested = "[" * depth + "]" * depth
+    body = (
+        f'{{"url": "{SAFE_URL}", "events": ["user.created"], "payload_extra": {{"a": {nested}}}}}'
+    )
+    r = client.post(f"{API}/endpoints/", body, content_type="application/json")
+    assert r.status_code == 400 and "nested deeper" in r.json()["detail"]
+    assert not Endpoint.objects.exists()
+
+
+def test_moderately_nested_json_is_fine(client):
+    nested = {"a": {"b": {"c": [[1, 2], {"d": None}]}}}
+    r = create(client, payload_extra={"x": nested})
+    assert r.status_code == 201 and r.json()["payload_extra"] == {"x": nested}

@@ -18,7 +18,6 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, PermissionDenied
 from rest_framework.exceptions import ValidationError as DRFValidationError
-from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -30,6 +29,7 @@ from ..models import Delivery, Endpoint
 from . import serializers as s
 from .filters import DeliveryFilter, EndpointFilter, TenantDeliveryFilter
 from .pagination import MAX_ID, IdCursorPagination
+from .parsers import BoundedJSONParser
 from .permissions import HasTenant, api_authentication_classes, api_permission_classes
 from .tenancy import resolve_tenant
 from .throttling import WebhooksActionThrottle
@@ -68,7 +68,7 @@ class WebhooksAPIMixin:
     lookup_value_regex = "[^/]+"
     # JSON only: strict types mean the same thing in every request, and form encoding
     # cannot express them.
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
     renderer_classes = [JSONRenderer]
     throttle_scope: str | None = None
 
