@@ -853,3 +853,30 @@ def test_moderately_nested_json_is_fine(client):
     nested = {"a": {"b": {"c": [[1, 2], {"d": None}]}}}
     r = create(client, payload_extra={"x": nested})
     assert r.status_code == 201 and r.json()["payload_extra"] == {"x": nested}
+
+
+def test_resolver_variants(alice, make_endpoint):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from webhooks_app.api.tenancy import default_tenant_resolver, resolve_tenant
+
+    class FakeRequest:
+        def __init__(self, user):
+            self.user = user
+
+    assert default_tenant_resolver(FakeRequest(alice)) == str(alice.pk)
+    alice.webhooks_tenant = lambda: "org_2"  # a method works as well as a value
+    assert default_tenant_resolver(FakeRequest(alice)) == "org_2"
+    from django.contrib.auth.models import AnonymousUser
+
+    assert default_tenant_resolver(FakeRequest(AnonymousUser())) is None
+    with webhooks_settings(TENANT_RESOLVER="tests.test_api.bad_resolver"):
+        with pytest.raises(ImproperlyConfigured, match="TENANT_RESOLVER"):
+            resolve_tenant(FakeRequest(alice))
+    with webhooks_settings(TENANT_RESOLVER="tests.test_api.no_such_resolver"):
+        with pytest.raises(ImproperlyConfigured, match="cannot be imported"):
+            resolve_tenant(FakeRequest(alice))
+
+
+def bad_resolver(request):
+    return 42  # not text: refused loudly rather than used as a filter
