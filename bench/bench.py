@@ -407,6 +407,8 @@ class Bench:
             "WEBHOOKS_VAR_DIR": str(tmp / "var"),
             "PYTHONUNBUFFERED": "1",
             "DJANGO_SETTINGS_MODULE": "project.settings",
+            # Production-like: DEBUG=True makes Django keep every query in memory.
+            "DEBUG": "false",
         }
         self.env.pop("REDIS_URL", None)
         if self.mode == "postgres":
@@ -492,16 +494,26 @@ class Bench:
         return t1 - t0, time.perf_counter() - t1
 
     def profile(self, cluster: Cluster, name: str, seconds: int) -> None:
-        """With --profile: py-spy records each worker while the scenario runs."""
+        """With --profile: py-spy records each worker (collapsed stacks) during the scenario."""
         spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
         if not self.args.profile or not os.path.exists(spy):
             return
-        for pid in cluster.worker_pids():
-            out = RESULTS / f"profile-{self.mode}-{name}-{pid}.svg"
-            spawn(
-                [spy, "record", "-o", str(out), "--pid", str(pid), "-d", str(seconds), "-r", "50"],
-                log=self.tmp / "py-spy.log",
-            )
+
+        def attach() -> None:
+            deadline = time.monotonic() + 15
+            pids: list[int] = []
+            while not pids and time.monotonic() < deadline:
+                time.sleep(0.2)  # sender threads start with the first chunk
+                pids = cluster.worker_pids()
+            for pid in pids:
+                out = RESULTS / f"profile-{self.mode}-{name}-{pid}.txt"
+                spawn(
+                    [spy, "record", "-f", "raw", "-o", str(out), "--pid", str(pid)]
+                    + ["-d", str(seconds), "-r", "50", "--nonblocking"],
+                    log=RESULTS / "py-spy.log",
+                )
+
+        threading.Thread(target=attach, daemon=True).start()
 
     # references ---------------------------------------------------------------------------
     def ceiling(self) -> dict:
@@ -533,7 +545,7 @@ class Bench:
 
     def peer(self, events: int, n_endpoints: int, name: str) -> dict | None:
         """django-webhook: same deliveries, same receiver, celery -c <workers>, Redis."""
-        if not self.peer_ok:
+        if not self.peer_ok or self.args.no_peer:
             return None
         flush_redis(REDIS_DB_PEER)
         log = self.tmp / f"celery-{name}-{self.run_no}.log"
@@ -1028,6 +1040,7 @@ def main() -> None:
     p.add_argument("--skip-large-history", action="store_true")
     p.add_argument("--quick", action="store_true", help="small sizes, one run (~1 minute)")
     p.add_argument("--profile", action="store_true", help="py-spy each worker in throughput runs")
+    p.add_argument("--no-peer", action="store_true", help="skip django-webhook runs")
     p.add_argument("--drain-timeout", type=float, default=300)
     a = p.parse_args()
     a.scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
