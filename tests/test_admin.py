@@ -139,8 +139,10 @@ def test_create_shows_generated_secret_once(admin_client, receiver):
     assert endpoint.payload_fields == ["email", "id"]
     assert endpoint.event_types == ["user.created", "user.updated"]
     assert endpoint.is_active
-    # Nowhere afterwards.
+    # Nowhere afterwards (a test delivery gives the delivery page something to show).
+    test_delivery = services.send_test(endpoint).delivery
     pages = [
+        url("delivery", endpoint.pk, test_delivery.pk),
         url("changelist"),
         url("change", endpoint.pk),
         url("test", endpoint.pk),
@@ -169,6 +171,13 @@ def test_create_with_own_secret_and_disabled_event(admin_client, receiver):
     assert shown == own and endpoint.get_secret() == own
     toggles = {s.event_type: s.enabled for s in endpoint.subscriptions.all()}
     assert toggles == {"user.created": True, "user.updated": False}
+
+
+def test_events_without_toggle_marker_are_enabled(admin_client, receiver):
+    endpoint, _ = create_via_admin(
+        admin_client, receiver.url(), events_toggles=None, events_enabled=None
+    )
+    assert {s.enabled for s in endpoint.subscriptions.all()} == {True}
 
 
 @pytest.mark.parametrize(
