@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -31,6 +33,26 @@ USER_AGENT = f"webhooks_app/{__version__}"
 
 def _db() -> str:
     return router.db_for_write(Delivery)
+
+
+_sqlite_writer = threading.Lock()
+
+
+@contextmanager
+def _writing(db: str):
+    """On SQLite, let one thread of this process write at a time.
+
+    SQLite has one write lock per file, and a connection that finds it taken sleeps in
+    steps of up to 100 ms before trying again; with a worker's sender threads all
+    recording at once, they slept more than they wrote, and so did every emit() in the
+    site. Threads of one process now queue on a Python lock (woken at once) and only
+    processes contend for SQLite's lock. Other databases lock rows, not the file.
+    """
+    if connections[db].vendor == "sqlite":
+        with _sqlite_writer:
+            yield
+    else:
+        yield
 
 
 def claim(limit: int, *, exclude_endpoints: Iterable[int] = ()) -> tuple[str, list[Delivery]]:
@@ -59,7 +81,7 @@ def claim(limit: int, *, exclude_endpoints: Iterable[int] = ()) -> tuple[str, li
         # rows another worker leased in between no longer match and are skipped.
         ids = list(due[:limit])
         if ids:
-            with transaction.atomic(using=db):
+            with _writing(db), transaction.atomic(using=db):
                 Delivery.objects.using(db).filter(
                     id__in=ids, status=Delivery.Status.PENDING, next_attempt_at__lte=now
                 ).update(next_attempt_at=lease_until, claim_token=token)
@@ -79,9 +101,11 @@ def release(token: str, ids: Iterable[int]) -> None:
     """Hand claimed deliveries back unattempted, due at once."""
     ids = list(ids)
     if ids:
-        Delivery.objects.using(_db()).filter(id__in=ids, claim_token=token).update(
-            claim_token="", next_attempt_at=timezone.now()
-        )
+        db = _db()
+        with _writing(db):
+            Delivery.objects.using(db).filter(id__in=ids, claim_token=token).update(
+                claim_token="", next_attempt_at=timezone.now()
+            )
 
 
 def request_headers(delivery: Delivery, body: bytes, keys: list[str]) -> dict[str, str]:
@@ -178,7 +202,7 @@ def record(token: str, outcomes: list[Outcome], *, retry: bool = True) -> list[O
     groups: dict[tuple, list[int]] = {}
     for o, state in states:
         groups.setdefault(tuple(state.items()), []).append(o.delivery.id)
-    with transaction.atomic(using=db):
+    with _writing(db), transaction.atomic(using=db):
         owned = set(
             Delivery.objects.using(db)
             .select_for_update()
