@@ -454,3 +454,18 @@ def test_auto_disable_after_consecutive_failures(receiver, make_endpoint):
     assert (
         endpoint.is_active and endpoint.disabled_reason == "" and endpoint.consecutive_failures == 0
     )
+
+
+def test_notify_email_gets_a_confirmation_and_failure_notices_without_the_secret(
+    receiver, make_endpoint, mailoutbox
+):
+    endpoint, secret = make_endpoint(receiver.url(), name="CRM", notify_email="ops@example.com")
+    assert [m.subject for m in mailoutbox] == ["Webhook created: CRM"]
+    receiver.default = Reply(503, b"maintenance")
+    with webhooks(RETRY_SCHEDULE=[0]):
+        emit("user.created", {})
+        engine.drain()
+    failure = mailoutbox[1]
+    assert failure.subject == "Webhook delivery failed: CRM" and failure.to == ["ops@example.com"]
+    assert "Status code: 503" in failure.body and "CRM" in failure.body
+    assert all(secret not in m.body and secret[6:] not in m.body for m in mailoutbox)

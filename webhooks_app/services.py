@@ -256,7 +256,22 @@ def create_endpoint(
         endpoint.set_secret(plaintext)
         endpoint.save()
         _set_subscriptions(endpoint, toggles)
+        if endpoint.notify_email:
+            transaction.on_commit(lambda: _confirm_creation(endpoint), robust=True)
     return endpoint, plaintext
+
+
+def _confirm_creation(endpoint: Endpoint) -> None:
+    """The reference products email a confirmation; the secret is never in it."""
+    from django.core.mail import send_mail
+
+    send_mail(
+        f"Webhook created: {endpoint}",
+        f"The webhook {endpoint} now receives {', '.join(endpoint.event_types)} at "
+        f"{endpoint.url}.\nFailed deliveries will be reported to this address.",
+        None,
+        [endpoint.notify_email],
+    )
 
 
 def update_endpoint(endpoint: Endpoint, **changes: Any) -> Endpoint:
@@ -412,9 +427,7 @@ def stats(tenant: str | None = None) -> dict[str, int]:
         endpoints = endpoints.filter(tenant=tenant)
         subs = subs.filter(endpoint__tenant=tenant)
         failed = failed.filter(tenant=tenant)
-    counts = endpoints.aggregate(
-        total=Count("id"), active=Count("id", filter=Q(is_active=True))
-    )
+    counts = endpoints.aggregate(total=Count("id"), active=Count("id", filter=Q(is_active=True)))
     return {
         "total": counts["total"],
         "active": counts["active"],
