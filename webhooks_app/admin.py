@@ -478,7 +478,10 @@ class EndpointAdmin(admin.ModelAdmin):
             has_older = len(rows) > HISTORY_PAGE_SIZE
             rows = rows[:HISTORY_PAGE_SIZE]
             has_newer = before.isdigit() and bool(rows) and qs.filter(id__gt=rows[0].id).exists()
-        capped = qs.order_by()[: HISTORY_COUNT_CAP + 1].count()
+        if not (before or after) and not has_older:
+            capped = len(rows)  # the whole history fits on this page: no count query
+        else:
+            capped = qs.order_by()[: HISTORY_COUNT_CAP + 1].count()
         filters = {k: v for k, v in (("status", status), ("event_type", event_type)) if v}
 
         def link(**params: Any) -> str:

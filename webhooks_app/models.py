@@ -178,6 +178,12 @@ class Delivery(models.Model):
             models.Index(fields=["endpoint", "-id"], name="webhooks_dlv_endpoint"),
             models.Index(fields=["endpoint", "status", "-id"], name="webhooks_dlv_ep_status"),
             models.Index(fields=["endpoint", "event_type", "-id"], name="webhooks_dlv_ep_type"),
+            # Both history filters at once: without it SQLite walks one of the two
+            # indexes above and checks the other column row by row (~0.3 s at 1M rows).
+            models.Index(
+                fields=["endpoint", "status", "event_type", "-id"],
+                name="webhooks_dlv_ep_status_type",
+            ),
             # API lists per tenant, and the stats' recent failures.
             models.Index(fields=["tenant", "-id"], name="webhooks_dlv_tenant"),
             models.Index(fields=["status", "-last_attempt_at"], name="webhooks_dlv_status_time"),
