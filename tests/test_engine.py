@@ -469,3 +469,12 @@ def test_notify_email_gets_a_confirmation_and_failure_notices_without_the_secret
     assert failure.subject == "Webhook delivery failed: CRM" and failure.to == ["ops@example.com"]
     assert "Status code: 503" in failure.body and "CRM" in failure.body
     assert all(secret not in m.body and secret[6:] not in m.body for m in mailoutbox)
+
+
+def test_update_does_not_write_back_a_secret_rotated_meanwhile(receiver, make_endpoint):
+    endpoint, old = make_endpoint(receiver.url())
+    stale = Endpoint.objects.get(pk=endpoint.pk)  # e.g. an admin form loaded before rotation
+    new = services.rotate_secret(endpoint)
+    services.update_endpoint(stale, name="renamed")
+    fresh = Endpoint.objects.get(pk=endpoint.pk)
+    assert fresh.name == "renamed" and fresh.get_secret() == new != old

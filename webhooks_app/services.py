@@ -283,10 +283,13 @@ def update_endpoint(endpoint: Endpoint, **changes: Any) -> Endpoint:
     with transaction.atomic():
         for name, value in cleaned.items():
             setattr(endpoint, name, value)
+        fields = [*cleaned, "updated_at"]
         if cleaned.get("is_active"):
             endpoint.disabled_reason = ""
             endpoint.consecutive_failures = 0
-        endpoint.save()
+            fields += ["disabled_reason", "consecutive_failures"]
+        # Only the changed columns: a concurrent rotate_secret() is never written back over.
+        endpoint.save(update_fields=fields)
         if toggles is not None:
             _set_subscriptions(endpoint, toggles)
     return endpoint
