@@ -478,3 +478,15 @@ def test_update_does_not_write_back_a_secret_rotated_meanwhile(receiver, make_en
     services.update_endpoint(stale, name="renamed")
     fresh = Endpoint.objects.get(pk=endpoint.pk)
     assert fresh.name == "renamed" and fresh.get_secret() == new != old
+
+
+def test_delete_endpoint_removes_its_history_only(receiver, make_endpoint):
+    doomed, _ = make_endpoint(receiver.url("/a"))
+    kept, _ = make_endpoint(receiver.url("/b"))
+    emit("user.created", {})
+    engine.drain()
+    services.delete_endpoint(doomed)
+    assert not Endpoint.objects.filter(pk=doomed.pk).exists()
+    assert not Delivery.objects.filter(endpoint_id=doomed.pk).exists()
+    assert not DeliveryAttempt.objects.filter(delivery__endpoint_id=doomed.pk).exists()
+    assert Delivery.objects.get(endpoint=kept).attempt_log.count() == 1

@@ -413,7 +413,15 @@ def replay_many(deliveries: Iterable[Delivery]) -> tuple[int, list[str]]:
 
 def delete_endpoint(endpoint: Endpoint) -> None:
     """Delete the endpoint with its subscriptions and delivery history."""
-    endpoint.delete()
+    from .models import DeliveryAttempt
+
+    with transaction.atomic():
+        # Set-based deletes: Django's cascade would load every delivery of a busy endpoint
+        # (millions of rows) into memory first.
+        DeliveryAttempt.objects.filter(delivery__endpoint=endpoint).delete()
+        deliveries = Delivery.objects.filter(endpoint=endpoint)
+        deliveries._raw_delete(deliveries.db)  # no attempts left: nothing else refers to them
+        endpoint.delete()
 
 
 def stats(tenant: str | None = None) -> dict[str, int]:
