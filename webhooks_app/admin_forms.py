@@ -15,18 +15,7 @@ from . import events, services
 from .models import Endpoint
 
 # The endpoint fields a form hands to create_endpoint / update_endpoint.
-SERVICE_FIELDS = (
-    "name",
-    "description",
-    "url",
-    "method",
-    "is_active",
-    "headers",
-    "payload_extra",
-    "payload_fields",
-    "events",
-    "notify_email",
-)
+SERVICE_FIELDS = services.UPDATABLE
 
 
 def subscribable_event_types() -> dict[str, dict[str, Any]]:
