@@ -61,7 +61,9 @@ def stop(p: subprocess.Popen | None, sig=signal.SIGTERM, wait: float = 20) -> No
         return
     if p.poll() is None:
         try:
-            os.killpg(p.pid, sig)
+            # The main process only: django-q2 and Celery stop their children in order
+            # (a SIGTERM to the whole group left django-q2's main process hanging).
+            os.kill(p.pid, sig)
             p.wait(wait)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
@@ -493,6 +495,22 @@ class Bench:
             t1 = time.perf_counter()
         return t1 - t0, time.perf_counter() - t1
 
+    @staticmethod
+    def emit_batch(start: int, n: int) -> float:
+        """``n`` emits in one transaction (a batch job, or a burst from many requests)."""
+        from django.db import transaction
+
+        from webhooks_app import emit
+
+        t0 = time.perf_counter()
+        with transaction.atomic():
+            for i in range(start, start + n):
+                emit(
+                    "user.created",
+                    {"id": i, "username": f"user{i}", "email": f"user{i}@example.com"},
+                )
+        return time.perf_counter() - t0
+
     def profile(self, cluster: Cluster, name: str, seconds: int) -> None:
         """With --profile: py-spy records each worker (collapsed stacks) during the scenario."""
         spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
@@ -575,37 +593,43 @@ class Bench:
             wait_for_text(log, "ready.", worker, timeout=60)
             prefix = f"/{self.tag}/peer-{name}/"
             urls = [self.receiver.url(f"{prefix}e{k}") for k in range(n_endpoints)]
-            drv = subprocess.run(
-                [
-                    PEER_VENV / "bin" / "python",
-                    "drive.py",
-                    "--events",
-                    str(events),
-                    "--urls",
-                    ",".join(urls),
-                ],
-                cwd=PEER_SITE,
-                env=self.peer_env,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            if drv.returncode:
-                print("peer driver failed:\n", drv.stderr[-2000:], file=sys.stderr)
+            drv = self._peer_drive(events, urls, self.args.batch)
+            if drv is None:
                 return None
-            info = json.loads(drv.stdout.strip().splitlines()[-1])
+            info = drv
             total = events * n_endpoints
             got = self.receiver.wait_count(prefix, total, timeout=self.args.drain_timeout)
             end = max(line[0] for line in got) if got else time.time()
-            return {
+            out = {
                 "deliveries": len(got),
                 "expected": total,
                 "rate": len(got) / (end - info["t_first"]),
-                "emit_median_ms": info["emit_median_ms"],
-                "emit_p99_ms": info["emit_p99_ms"],
             }
+            if name == "burst" and "request" in self.args.scenarios:
+                # The request path: one create per transaction, as a view does.
+                url = self.receiver.url(f"/{self.tag}/peer-request/e0")
+                req = self._peer_drive(self.args.request_emits, [url], 1, spacing=0.002)
+                if req:
+                    out["request_emit_median_ms"] = req["emit_median_ms"]
+                    out["request_emit_p99_ms"] = req["emit_p99_ms"]
+            return out
         finally:
             stop(worker, wait=15)
+
+    def _peer_drive(self, events: int, urls: list[str], batch: int, spacing: float = 0.0):
+        drv = subprocess.run(
+            [PEER_VENV / "bin" / "python", "drive.py", "--events", str(events)]
+            + ["--urls", ",".join(urls), "--batch", str(batch), "--spacing", str(spacing)],
+            cwd=PEER_SITE,
+            env=self.peer_env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if drv.returncode:
+            print("peer driver failed:\n", drv.stderr[-2000:], file=sys.stderr)
+            return None
+        return json.loads(drv.stdout.strip().splitlines()[-1])
 
     # scenarios -----------------------------------------------------------------------------
     def throughput(self, name: str, events: int, healthy: int, dead: int = 0) -> dict:
@@ -620,9 +644,10 @@ class Bench:
             time.sleep(0.5)
             self.profile(cluster, name, 20)
             emit_s = []
+            batch = self.args.batch
             t_first = time.time()
-            for i in range(events):
-                emit_s.append(sum(self.emit_one(i)))
+            for start in range(0, events, batch):
+                emit_s.append(self.emit_batch(start, min(batch, events - start)))
             t_emitted = time.time()
             total = events * healthy
             got = self.receiver.wait_count(prefix, total, timeout=self.args.drain_timeout)
@@ -637,7 +662,7 @@ class Bench:
             "emit_phase_s": t_emitted - t_first,
             "emit_rate": events / (t_emitted - t_first),
             "drain_after_emit_s": max(0.0, end - t_emitted),
-            "emit_median_ms": statistics.median(emit_s) * 1000,
+            "emit_batch_median_ms": statistics.median(emit_s) * 1000,
             "worker_peak_rss_mb": peaks,
         }
 
@@ -764,30 +789,38 @@ class Bench:
         self.run_no += 1
         self.tag = f"r{self.run_no}-{int(time.time())}"
         a, sc = self.args, self.args.scenarios
-        res: dict = {"ceiling": self.ceiling()}
-        print(f"  run {self.run_no}: ceiling {res['ceiling']}", flush=True)
+        res: dict = {}
+        timings: dict[str, float] = {}
+
+        def step(key: str, fn, *args) -> None:
+            t0 = time.monotonic()
+            res[key] = fn(*args)
+            timings[key] = round(time.monotonic() - t0, 1)
+            brief = {
+                k: (round(v, 3) if isinstance(v, float) else v)
+                for k, v in (res[key] or {}).items()
+                if not isinstance(v, dict | list)
+            } or res[key]
+            print(f"  run {self.run_no}: {key} ({timings[key]} s) {brief}", flush=True)
+
+        step("ceiling", self.ceiling)
         if "burst" in sc:
-            res["burst"] = self.throughput("burst", a.events, 1)
-            res["peer_burst"] = self.peer(a.events, 1, "burst")
-            print(f"  run {self.run_no}: burst {res['burst']} peer {res['peer_burst']}", flush=True)
+            step("burst", self.throughput, "burst", a.events, 1)
+            if not a.quick or "peer" in a.quick_extra:
+                step("peer_burst", self.peer, a.events, 1, "burst")
         if "fanout" in sc or "dead" in sc:
-            res["fanout"] = self.throughput("fanout", a.fanout_events, a.endpoints)
-            print(f"  run {self.run_no}: fanout {res['fanout']}", flush=True)
-        if "fanout" in sc:
-            res["peer_fanout"] = self.peer(a.fanout_events, a.endpoints, "fanout")
-            print(f"  run {self.run_no}: peer fanout {res['peer_fanout']}", flush=True)
+            step("fanout", self.throughput, "fanout", a.fanout_events, a.endpoints)
+        if "fanout" in sc and not a.quick:
+            step("peer_fanout", self.peer, a.fanout_events, a.endpoints, "fanout")
         if "dead" in sc:
-            res["dead"] = self.throughput("dead", a.fanout_events, a.endpoints - 1, dead=1)
-            print(f"  run {self.run_no}: dead {res['dead']}", flush=True)
+            step("dead", self.throughput, "dead", a.fanout_events, a.endpoints - 1, 1)
         if "request" in sc:
-            res["request"] = self.request_path()
-            print(f"  run {self.run_no}: request {res['request']}", flush=True)
+            step("request", self.request_path)
         if "latency" in sc:
-            res["latency"] = self.latency()
-            print(f"  run {self.run_no}: latency {res['latency']}", flush=True)
+            step("latency", self.latency)
         if "retry" in sc:
-            res["retry"] = self.retry()
-            print(f"  run {self.run_no}: retry {res['retry']}", flush=True)
+            step("retry", self.retry)
+        res["timings_s"] = timings
         return res
 
 
@@ -912,7 +945,7 @@ def summarize(mode: str, workers: int, runs: list[dict], wrk: float | None) -> l
             rss is not None and rss <= 120,
         )
     if any("request" in r for r in runs):
-        peer_emit = per_run(lambda r: r["peer_burst"]["emit_median_ms"])
+        peer_emit = per_run(lambda r: r["peer_burst"]["request_emit_median_ms"])
         for n, limit in (("1", 1.0), ("10", 3.0)):
             med = per_run(lambda r, n=n: r["request"][n]["emit_median_ms"])
             tgt = f"≤ {limit:g} ms (SQLite)" if mode == "sqlite" else "(report)"
@@ -932,7 +965,7 @@ def summarize(mode: str, workers: int, runs: list[dict], wrk: float | None) -> l
                 f"emit() p99, {n} endpoint(s)",
                 per_run(lambda r, n=n: r["request"][n]["emit_p99_ms"]),
                 "ms",
-                per_run(lambda r: r["peer_burst"]["emit_p99_ms"]),
+                per_run(lambda r: r["peer_burst"]["request_emit_p99_ms"]),
                 "django-webhook p99",
             )
             add(
@@ -1040,6 +1073,12 @@ def main() -> None:
     p.add_argument("--skip-large-history", action="store_true")
     p.add_argument("--quick", action="store_true", help="small sizes, one run (~1 minute)")
     p.add_argument("--profile", action="store_true", help="py-spy each worker in throughput runs")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=100,
+        help="burst/fan-out: events per emitting transaction (1 = one transaction each)",
+    )
     p.add_argument("--no-peer", action="store_true", help="skip django-webhook runs")
     p.add_argument("--drain-timeout", type=float, default=300)
     a = p.parse_args()
@@ -1048,10 +1087,12 @@ def main() -> None:
     if unknown:
         p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     a.request_emits, a.latency_emits, a.retry_events, a.ceiling_requests = 500, 50, 20, 3000
+    a.quick_extra = ["peer"]
     if a.quick:
         a.runs, a.events, a.fanout_events = 1, 500, 100
         a.request_emits, a.latency_emits, a.retry_events, a.ceiling_requests = 200, 15, 5, 1000
         a.drain_timeout = min(a.drain_timeout, 60)
+        a.scenarios = [x for x in a.scenarios if x != "dead"]
         a.skip_large_history = True
     if a.mode == "both":
         for mode in ("sqlite", "postgres"):
