@@ -490,3 +490,67 @@ def test_delete_endpoint_removes_its_history_only(receiver, make_endpoint):
     assert not Delivery.objects.filter(endpoint_id=doomed.pk).exists()
     assert not DeliveryAttempt.objects.filter(delivery__endpoint_id=doomed.pk).exists()
     assert Delivery.objects.get(endpoint=kept).attempt_log.count() == 1
+
+
+def test_an_attempt_that_cannot_be_made_fails_instead_of_stranding(receiver, make_endpoint):
+    endpoint, _ = make_endpoint(receiver.url())
+    Endpoint.objects.filter(pk=endpoint.pk).update(secret_encrypted="not-a-fernet-token")
+    event = emit("user.created", {})
+    engine.drain()
+    d = Delivery.objects.get(event=event)
+    assert d.status == "failed" and d.claim_token == ""
+    assert "could not be decrypted" in d.last_error and "not-a-fernet-token" not in d.last_error
+    assert receiver.received == []
+
+
+def test_deliveries_of_a_disabled_endpoint_fail_quietly(receiver, make_endpoint, mailoutbox):
+    endpoint, _ = make_endpoint(receiver.url(), notify_email="ops@example.com")
+    events = [emit("user.created", {"n": i}) for i in range(3)]
+    services.update_endpoint(endpoint, is_active=False)
+    mailoutbox.clear()
+    engine.drain()
+    rows = Delivery.objects.filter(event__in=events)
+    assert {d.status for d in rows} == {"failed"}
+    assert all("disabled" in d.last_error and d.attempts == 0 for d in rows)
+    assert not DeliveryAttempt.objects.exists() and mailoutbox == []
+    endpoint.refresh_from_db()
+    assert endpoint.consecutive_failures == 0 and receiver.received == []
+
+
+def test_each_retry_is_timed_from_the_end_of_its_own_attempt(receiver, make_endpoint):
+    make_endpoint(receiver.url())
+    receiver.default = Reply(500, delay=0.3)
+    with webhooks(RETRY_SCHEDULE=[0, 5]):
+        events = [emit("user.created", {"n": i}) for i in range(3)]
+        engine.drain()
+    attempts = {a.delivery.event_id: a for a in DeliveryAttempt.objects.select_related("delivery")}
+    for event in events:
+        a = attempts[event.pk]
+        finished = a.started_at + timedelta(milliseconds=a.duration_ms)
+        due = a.delivery.next_attempt_at
+        assert abs((due - finished).total_seconds() - 5) < 0.05
+
+
+def test_a_chunk_past_its_lease_is_handed_back_unsent(receiver, make_endpoint):
+    make_endpoint(receiver.url())
+    emit("user.created", {})
+    token, rows = engine.claim(10)
+    engine.deliver_chunk(token, rows, lease_deadline=time.monotonic() + 1)  # < TIMEOUT left
+    d = Delivery.objects.get(pk=rows[0].pk)
+    assert d.status == "pending" and d.claim_token == "" and d.attempts == 0
+    assert receiver.received == []
+
+
+def test_a_failing_signal_receiver_loses_nothing(receiver, make_endpoint):
+    make_endpoint(receiver.url())
+
+    def broken(sender, **kwargs):
+        raise RuntimeError("site code bug")
+
+    signals.delivery_succeeded.connect(broken, weak=False, dispatch_uid="t-broken")
+    try:
+        events = [emit("user.created", {"n": i}) for i in range(3)]
+        engine.drain()
+    finally:
+        signals.delivery_succeeded.disconnect(dispatch_uid="t-broken")
+    assert {d.status for d in Delivery.objects.filter(event__in=events)} == {"succeeded"}

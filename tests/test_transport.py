@@ -26,8 +26,11 @@ def dns(monkeypatch):
 
     def fake(host, port, *args, **kwargs):
         if host in table:
+            answers = table[host]
+            if answers and isinstance(answers[0], list):  # scripted: one answer per lookup
+                answers = answers.pop(0) if len(answers) > 1 else answers[0]
             out = []
-            for ip in table[host]:
+            for ip in answers:
                 family = socket.AF_INET6 if ":" in ip else socket.AF_INET
                 out.append((family, socket.SOCK_STREAM, 6, "", (ip, port or 0)))
             return out
@@ -136,7 +139,9 @@ def test_dns_rebinding_is_refused_at_send_time_without_a_connection(dns, connect
 
 
 def test_connection_goes_to_the_checked_address_with_the_host_name(dns, connects, receiver):
-    dns["hooks.example.test"] = ["127.0.0.1"]
+    # Save-time check and send-time check see 127.0.0.1; any later lookup (a client that
+    # resolved the name again to connect) would get 10.0.0.5 and trip the connect watch.
+    dns["hooks.example.test"] = [["127.0.0.1"], ["127.0.0.1"], ["10.0.0.5"]]
     services.create_endpoint(
         url=f"http://hooks.example.test:{receiver.port}/hook", events=["user.created"]
     )

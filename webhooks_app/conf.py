@@ -99,7 +99,8 @@ class AppSettings:
 
     @property
     def LEASE_SECONDS(self) -> float:
-        return max(float(self._get("LEASE_SECONDS")), self.TIMEOUT + 1)
+        # Room for one whole attempt plus the time a chunk may wait for its thread.
+        return max(float(self._get("LEASE_SECONDS")), self.TIMEOUT + 5)
 
     @property
     def POLL_INTERVAL(self) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -81,41 +82,57 @@ class Dispatcher:
             token, rows = engine.claim(limit, exclude_endpoints=saturated)
             if not rows:
                 return
+            lease_deadline = time.monotonic() + app_settings.LEASE_SECONDS
             by_endpoint: dict[int, list] = {}
             for row in rows:
                 by_endpoint.setdefault(row.endpoint_id, []).append(row)
+            unsent: list[int] = []
             for endpoint_id, items in by_endpoint.items():
                 with self._lock:
                     slots = min(
                         self.per_endpoint - self._per_endpoint[endpoint_id],
-                        max(1, self.threads - self._in_flight),
+                        self.threads - self._in_flight,
                     )
-                n_chunks = max(1, min(slots, -(-len(items) // app_settings.CHUNK_SIZE)))
+                if slots <= 0:
+                    # Never queue work behind busy threads: hand it back for any worker.
+                    unsent.extend(d.id for d in items)
+                    continue
+                n_chunks = min(slots, -(-len(items) // app_settings.CHUNK_SIZE))
                 for i in range(n_chunks):
-                    self._submit(token, endpoint_id, items[i::n_chunks])
-            if len(rows) < limit:
+                    self._submit(token, endpoint_id, items[i::n_chunks], lease_deadline)
+            engine.release(token, unsent)
+            if len(rows) < limit or unsent:
                 return
 
-    def _submit(self, token: str, endpoint_id: int, chunk: list) -> None:
+    def _submit(self, token: str, endpoint_id: int, chunk: list, lease_deadline: float) -> None:
         with self._lock:
             self._in_flight += 1
             self._per_endpoint[endpoint_id] += 1
         chunk.sort(key=lambda d: d.id)
-        self._pool.submit(self._send, token, endpoint_id, chunk)
-
-    def _send(self, token: str, endpoint_id: int, chunk: list) -> None:
         try:
-            engine.deliver_chunk(token, chunk, stopping=lambda: self._stop.is_set())
+            self._pool.submit(self._send, token, endpoint_id, chunk, lease_deadline)
+        except RuntimeError:  # the pool is shutting down: hand the rows back
+            self._done(endpoint_id)
+            engine.release(token, [d.id for d in chunk])
+
+    def _send(self, token: str, endpoint_id: int, chunk: list, lease_deadline: float) -> None:
+        try:
+            engine.deliver_chunk(
+                token, chunk, stopping=self._stop.is_set, lease_deadline=lease_deadline
+            )
         except Exception:
             logger.exception("sending a chunk of %d deliveries failed", len(chunk))
             close_old_connections()
         finally:
-            with self._lock:
-                self._in_flight -= 1
-                self._per_endpoint[endpoint_id] -= 1
-                if self._per_endpoint[endpoint_id] <= 0:
-                    del self._per_endpoint[endpoint_id]
-            self._wake.set()
+            self._done(endpoint_id)
+
+    def _done(self, endpoint_id: int) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._per_endpoint[endpoint_id] -= 1
+            if self._per_endpoint[endpoint_id] <= 0:
+                del self._per_endpoint[endpoint_id]
+        self._wake.set()
 
 
 def current() -> Dispatcher | None:

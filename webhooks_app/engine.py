@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import connections, router, transaction
+from django.db import InterfaceError, OperationalError, connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -159,8 +159,13 @@ def _next_delay(delivery: Delivery, response: transport.Response) -> float | Non
     return delay
 
 
-def _new_state(d: Delivery, r: transport.Response, now, retry: bool) -> dict:
-    """The columns a recorded attempt sets on ``d`` (besides the two attempt counters)."""
+def _new_state(d: Delivery, o: Outcome, now, retry: bool) -> dict:
+    """The columns a recorded attempt sets on ``d`` (besides the two attempt counters).
+
+    Successes share ``now`` so that a chunk's successes are written by one UPDATE; a
+    failure's retry is timed from the end of *its* attempt, not the end of the chunk.
+    """
+    r = o.response
     state = {
         "last_attempt_at": now,
         "last_status_code": r.status_code,
@@ -170,12 +175,16 @@ def _new_state(d: Delivery, r: transport.Response, now, retry: bool) -> dict:
     if r.ok:
         state.update(status=Delivery.Status.SUCCEEDED, next_attempt_at=None, last_error="")
         return state
+    finished = o.started_at + timedelta(milliseconds=r.duration_ms)
+    state["last_attempt_at"] = finished
     state["last_error"] = r.error or f"HTTP {r.status_code}"
     delay = _next_delay(d, r) if retry else None
     if delay is None:
         state.update(status=Delivery.Status.FAILED, next_attempt_at=None)
     else:
-        state.update(status=Delivery.Status.PENDING, next_attempt_at=now + timedelta(seconds=delay))
+        state.update(
+            status=Delivery.Status.PENDING, next_attempt_at=finished + timedelta(seconds=delay)
+        )
     return state
 
 
@@ -197,8 +206,20 @@ def record(token: str, outcomes: list[Outcome], *, retry: bool = True) -> list[O
     states = []
     for o in outcomes:
         o.delivery.sequence_attempts += 1  # _next_delay counts this attempt
-        states.append((o, _new_state(o.delivery, o.response, now, retry)))
+        states.append((o, _new_state(o.delivery, o, now, retry)))
         o.delivery.sequence_attempts -= 1
+    try:
+        recorded = _write_outcomes(db, token, states)
+    except (OperationalError, InterfaceError):
+        # A connection that died while we were sending (database restart, idle
+        # timeout): reconnect once rather than lose outcomes of requests already sent.
+        connections[db].close()
+        recorded = _write_outcomes(db, token, states)
+    _after_record(recorded)
+    return recorded
+
+
+def _write_outcomes(db: str, token: str, states: list) -> list[Outcome]:
     groups: dict[tuple, list[int]] = {}
     for o, state in states:
         groups.setdefault(tuple(state.items()), []).append(o.delivery.id)
@@ -206,7 +227,7 @@ def record(token: str, outcomes: list[Outcome], *, retry: bool = True) -> list[O
         owned = set(
             Delivery.objects.using(db)
             .select_for_update()
-            .filter(id__in=[o.delivery.id for o in outcomes], claim_token=token)
+            .filter(id__in=[o.delivery.id for o, _ in states], claim_token=token)
             .values_list("id", flat=True)
         )
         for items, ids in groups.items():
@@ -219,19 +240,15 @@ def record(token: str, outcomes: list[Outcome], *, retry: bool = True) -> list[O
                 )
         recorded: list[Outcome] = []
         attempts = []
-        for outcome, state in states:
+        for outcome, _state in states:
             d, r = outcome.delivery, outcome.response
             if d.id not in owned:
                 logger.warning("delivery %s: lease lost, outcome not recorded", d.id)
                 continue
-            d.attempts += 1
-            d.sequence_attempts += 1
-            for name, value in state.items():
-                setattr(d, name, value)
             attempts.append(
                 DeliveryAttempt(
                     delivery_id=d.id,
-                    number=d.attempts,
+                    number=d.attempts + 1,
                     started_at=outcome.started_at,
                     duration_ms=r.duration_ms,
                     status_code=r.status_code,
@@ -243,7 +260,14 @@ def record(token: str, outcomes: list[Outcome], *, retry: bool = True) -> list[O
             recorded.append(outcome)
         if attempts:
             DeliveryAttempt.objects.using(db).bulk_create(attempts)
-    _after_record(recorded)
+    # Only once committed: a retried write must not count an attempt twice.
+    for outcome, state in states:
+        if outcome.delivery.id in owned:
+            d = outcome.delivery
+            d.attempts += 1
+            d.sequence_attempts += 1
+            for name, value in state.items():
+                setattr(d, name, value)
     return recorded
 
 
@@ -275,14 +299,14 @@ def _after_record(recorded: list[Outcome]) -> None:
                 )
                 if won:
                     endpoint.refresh_from_db()
-                    signals.endpoint_disabled.send(
+                    signals.endpoint_disabled.send_robust(
                         sender=Endpoint, endpoint=endpoint, reason=endpoint.disabled_reason
                     )
         for o in outcomes:
             if o.delivery.status == Delivery.Status.SUCCEEDED:
-                signals.delivery_succeeded.send(sender=Delivery, delivery=o.delivery)
+                signals.delivery_succeeded.send_robust(sender=Delivery, delivery=o.delivery)
             elif o.delivery.status == Delivery.Status.FAILED:
-                signals.delivery_failed.send(sender=Delivery, delivery=o.delivery)
+                signals.delivery_failed.send_robust(sender=Delivery, delivery=o.delivery)
 
 
 def disable_endpoint(endpoint: Endpoint, reason: str) -> bool:
@@ -293,52 +317,90 @@ def disable_endpoint(endpoint: Endpoint, reason: str) -> bool:
     if won:
         endpoint.is_active = False
         endpoint.disabled_reason = reason[:300]
-        signals.endpoint_disabled.send(sender=Endpoint, endpoint=endpoint, reason=reason)
+        signals.endpoint_disabled.send_robust(sender=Endpoint, endpoint=endpoint, reason=reason)
     return bool(won)
 
 
-def _retryable_network_failure(response: transport.Response) -> bool:
-    return response.status_code is None and not response.permanent
+def _stops_chunk(response: transport.Response) -> bool:
+    """A dead endpoint (no answer) or a 410: do not try its other deliveries now."""
+    no_answer = response.status_code is None and not response.permanent
+    return no_answer or response.status_code == 410
 
 
-def deliver_chunk(token: str, deliveries: list[Delivery], *, stopping=lambda: False) -> None:
+def fail_unsent(token: str, ids: Iterable[int], reason: str) -> None:
+    """Mark claimed deliveries failed without an attempt (e.g. the endpoint was switched
+    off): no request, no attempt row, no signal; they can be replayed later."""
+    ids = list(ids)
+    if ids:
+        db = _db()
+        with _writing(db):
+            Delivery.objects.using(db).filter(id__in=ids, claim_token=token).update(
+                status=Delivery.Status.FAILED,
+                next_attempt_at=None,
+                claim_token="",
+                last_error=reason,
+            )
+
+
+def _safe_attempt(d: Delivery, keys_by_endpoint: dict[int, list[str]]) -> Outcome:
+    """``attempt()``, turning any unexpected error into a recorded, final failure, so a
+    claimed row is never left stranded (e.g. a secret that no longer decrypts)."""
+    started_at = timezone.now()
+    try:
+        keys = keys_by_endpoint.get(d.endpoint_id)
+        if keys is None:
+            keys = keys_by_endpoint[d.endpoint_id] = d.endpoint.signing_secrets()
+        return attempt(d, keys)
+    except Exception as exc:
+        logger.exception("delivery %s could not be attempted", d.id)
+        message = str(exc) if isinstance(exc, ValueError) else type(exc).__name__
+        r = transport.Response(None, 0, error=f"internal error: {message}", permanent=True)
+        return Outcome(d, r, started_at)
+
+
+def deliver_chunk(
+    token: str,
+    deliveries: list[Delivery],
+    *,
+    stopping=lambda: False,
+    lease_deadline: float | None = None,
+) -> None:
     """Send claimed deliveries of one endpoint in order, then record them.
 
-    If the endpoint times out or refuses connections, the rest of the chunk is handed
-    back unattempted instead of each waiting out its own timeout: a dead endpoint costs
-    one sender thread, not all of them.
+    A delivery is only started if its attempt can finish before the claim's lease
+    (``lease_deadline``, a ``time.monotonic()`` value) runs out; otherwise it is handed
+    back, so a chunk that waited in a queue never races the worker that re-claimed it.
+    If the endpoint does not answer (or answers 410), the rest of the chunk is handed
+    back unattempted: a dead endpoint costs one sender thread, not all of them.
     """
     if not deliveries:
         return
-    started = time.monotonic()
-    # The lease covers at least one full attempt (LEASE_SECONDS > TIMEOUT); a later
-    # delivery is only started if it would finish before the lease runs out.
-    budget = app_settings.LEASE_SECONDS - 1
+    if lease_deadline is None:
+        lease_deadline = time.monotonic() + app_settings.LEASE_SECONDS
     outcomes: list[Outcome] = []
     keys_by_endpoint: dict[int, list[str]] = {}
     remaining = list(deliveries)
+    disabled = [d for d in remaining if not d.endpoint.is_active]
+    remaining = [d for d in remaining if d.endpoint.is_active]
     try:
         while remaining:
-            d = remaining[0]
-            if stopping():
+            if stopping() or time.monotonic() + app_settings.TIMEOUT + 1 > lease_deadline:
                 break
-            if outcomes and time.monotonic() - started + app_settings.TIMEOUT > budget:
-                break
-            remaining.pop(0)
-            if not d.endpoint.is_active:
-                r = transport.Response(None, 0, error="the endpoint is disabled", permanent=True)
-                outcomes.append(Outcome(d, r, timezone.now()))
-                continue
-            keys = keys_by_endpoint.get(d.endpoint_id)
-            if keys is None:
-                keys = keys_by_endpoint[d.endpoint_id] = d.endpoint.signing_secrets()
-            outcome = attempt(d, keys)
+            d = remaining.pop(0)
+            outcome = _safe_attempt(d, keys_by_endpoint)
             outcomes.append(outcome)
-            if _retryable_network_failure(outcome.response):
+            if _stops_chunk(outcome.response):
                 break
     finally:
-        record(token, outcomes)
-        release(token, [d.id for d in remaining])
+        try:
+            record(token, outcomes)
+        finally:
+            release(token, [d.id for d in remaining])
+            fail_unsent(
+                token,
+                [d.id for d in disabled],
+                "The endpoint is disabled; replay this delivery after enabling it.",
+            )
 
 
 def drain(max_seconds: float = 60.0) -> int:
