@@ -5,6 +5,7 @@ for a private or public address; ``socket.connect`` is watched to prove nothing 
 """
 
 import socket
+import time
 
 import pytest
 from django.conf import settings
@@ -96,6 +97,12 @@ def test_private_resolution_is_refused_at_save_time(dns, connects, addresses):
         "http://[64:ff9b::a00:1]/",  # NAT64 of 10.0.0.1
         "http://169.254.169.254/latest/meta-data/",
         "http://[::]/",
+        "http://[::7f00:1]/",  # IPv4-compatible 127.0.0.1
+        "http://[::a9fe:a9fe]/",  # IPv4-compatible 169.254.169.254
+        "http://[::ffff:0:a9fe:a9fe]/",  # SIIT
+        "http://[fec0::1]/",  # site-local
+        "http://[100::1]/",  # discard-only
+        "http://[64:ff9b:1::a9fe:a9fe]/",  # local-use NAT64
     ],
 )
 def test_literal_addresses_in_refused_ranges(connects, url):
@@ -162,3 +169,43 @@ def test_unresolvable_host_is_retryable_at_send_time(dns, connects, receiver):
     engine.drain()
     d = Delivery.objects.get(event=event)
     assert d.status == "pending" and "could not resolve" in d.last_error
+
+
+def test_an_attempt_is_bounded_by_timeout_even_against_a_trickling_server():
+    """Each read gets a byte in time, but the whole answer would take 6 s."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    def trickle():
+        conn, _ = server.accept()
+        conn.recv(65536)
+        try:
+            for line in [b"HTTP/1.1 200 OK\r\n"] + [b"X-Slow: 1\r\n"] * 12 + [b"\r\n"]:
+                conn.sendall(line)
+                time.sleep(0.5)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    with settings_with(TIMEOUT=1.5):
+        started = time.monotonic()
+        r = transport.send("POST", f"http://127.0.0.1:{port}/hook", body=b"{}", headers={})
+        took = time.monotonic() - started
+    server.close()
+    assert not r.ok and r.error == "timed out after 1.5 s"
+    assert took < 2.5, took
+
+
+def test_errors_do_not_repeat_the_url_path_or_query():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    r = transport.send("POST", f"http://127.0.0.1:{port}/hook?token=s3cr3t", body=b"{}", headers={})
+    assert r.error.startswith("connection failed") and "s3cr3t" not in r.error

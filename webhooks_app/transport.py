@@ -8,6 +8,7 @@ certificate), so a DNS answer cannot change between the check and the connect.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from django.core.exceptions import ValidationError
 from requests.adapters import HTTPAdapter
 
@@ -25,6 +27,12 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Ranges that wrap an IPv4 address inside IPv6; the embedded address is checked too.
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+# Refused outright, whatever Python's is_global says of them on a given version:
+# IPv4-compatible (::/96), SIIT (::ffff:0:0:0/96), site-local, discard-only, local NAT64.
+_ALWAYS_REFUSED = [
+    ipaddress.ip_network(n)
+    for n in ("::/96", "::ffff:0:0:0/96", "fec0::/10", "100::/64", "64:ff9b:1::/48")
+]
 
 
 class UnsafeURL(ValueError):
@@ -57,6 +65,8 @@ def address_refusal(ip: IPAddress) -> str | None:
     allowed = _allowed_networks()
     if any(ip.version == net.version and ip in net for net in allowed):
         return None
+    if any(ip.version == net.version and ip in net for net in _ALWAYS_REFUSED):
+        return f"{ip} is a private or reserved address"
     candidates: list[IPAddress] = [ip]
     if isinstance(ip, ipaddress.IPv6Address):
         candidates += _embedded_ipv4(ip)
@@ -133,8 +143,83 @@ def validate_url(url: str) -> None:
         raise ValidationError(f"This URL cannot be reached: {exc}.", code="unresolvable") from None
 
 
+class _Watchdog:
+    """Enforces each attempt's total deadline.
+
+    Socket timeouts bound each read, not the attempt: a server that trickles one byte
+    every few seconds would hold a sender thread (and outlive the claim's lease). One
+    thread per process shuts down the socket of any request past its deadline; it
+    checks at least every 0.25 s and is never woken per request, so it costs nothing on
+    the fast path.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[int, list] = {}  # thread id -> [deadline, connection or None]
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: float) -> None:
+        with self._lock:
+            self._entries[threading.get_ident()] = [deadline, None]
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="webhooks-watchdog", daemon=True
+                )
+                self._thread.start()
+
+    def connection(self, conn) -> None:
+        entry = self._entries.get(threading.get_ident())
+        if entry is not None:
+            entry[1] = conn
+
+    def unwatch(self) -> None:
+        with self._lock:
+            self._entries.pop(threading.get_ident(), None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.25)
+            now = time.monotonic()
+            with self._lock:
+                expired = [e for e in self._entries.values() if e[0] <= now and e[1]]
+            for _, conn in expired:
+                sock = getattr(conn, "sock", None)
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+
+_watchdog = _Watchdog()
+
+
+class _WatchedConnection(urllib3.connection.HTTPConnection):
+    def request(self, *args, **kwargs):
+        _watchdog.connection(self)
+        return super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args, **kwargs):
+        _watchdog.connection(self)
+        return super().request(*args, **kwargs)
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
 class PinnedAdapter(HTTPAdapter):
     """Connects to the pre-checked address carried on the request, TLS to the host name."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
     def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
         target: Target | None = getattr(request, "webhooks_target", None)
@@ -219,6 +304,18 @@ def send(method: str, url: str, *, body: bytes, headers: dict[str, str]) -> Resp
     prepared.webhooks_target = target  # read by PinnedAdapter
     cap = app_settings.RESPONSE_EXCERPT_BYTES
     timeout = app_settings.TIMEOUT
+    timed_out = Response(None, 0, error=f"timed out after {timeout:g} s")
+    _watchdog.watch(started + timeout)
+    try:
+        return _exchange(prepared, started, timeout, cap, elapsed, timed_out)
+    finally:
+        _watchdog.unwatch()
+
+
+def _exchange(prepared, started: float, timeout: float, cap: int, elapsed, timed_out) -> Response:
+    def late() -> bool:
+        return time.monotonic() - started >= timeout
+
     try:
         resp = session().send(
             prepared,
@@ -227,11 +324,15 @@ def send(method: str, url: str, *, body: bytes, headers: dict[str, str]) -> Resp
             stream=True,
         )
     except requests.Timeout:
-        return Response(None, elapsed(), error=f"timed out after {timeout:g} s")
-    except requests.ConnectionError as exc:
-        return Response(None, elapsed(), error=f"connection failed: {_short(exc)}")
-    except requests.RequestException as exc:
-        return Response(None, elapsed(), error=f"request failed: {_short(exc)}")
+        timed_out.duration_ms = elapsed()
+        return timed_out
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        if late():  # the watchdog cut it off
+            timed_out.duration_ms = elapsed()
+            return timed_out
+        connection = isinstance(exc, requests.ConnectionError)
+        kind = "connection failed" if connection else "request failed"
+        return Response(None, elapsed(), error=f"{kind}: {_short(exc)}")
     try:
         chunks: list[bytes] = []
         size = 0
@@ -243,8 +344,11 @@ def send(method: str, url: str, *, body: bytes, headers: dict[str, str]) -> Resp
             if size > 1_048_576 or time.monotonic() > deadline:
                 break  # do not read unbounded bodies; the connection is dropped below
         excerpt = b"".join(chunks)[:cap].decode("utf-8", "replace")
-    except requests.RequestException as exc:
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         resp.close()
+        if late():
+            timed_out.duration_ms = elapsed()
+            return timed_out
         return Response(
             resp.status_code, elapsed(), error=f"reading response failed: {_short(exc)}"
         )
@@ -261,6 +365,10 @@ def send(method: str, url: str, *, body: bytes, headers: dict[str, str]) -> Resp
     return result
 
 
+_URL_IN_ERROR = re.compile(r"(with )?url: \S+")
+
+
 def _short(exc: Exception) -> str:
-    text = str(exc)
+    """The error without the request's path and query (they may carry tokens)."""
+    text = _URL_IN_ERROR.sub("", str(exc)).strip()
     return text if len(text) <= 300 else text[:297] + "..."
