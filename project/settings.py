@@ -109,6 +109,9 @@ Q_CLUSTER = {
     "label": "Task queue",
 }
 if REDIS_URL:
+    # A Redis that does not answer must not hang a request for the OS connect timeout.
+    if "socket_connect_timeout" not in REDIS_URL:
+        REDIS_URL += ("&" if "?" in REDIS_URL else "?") + "socket_connect_timeout=2"
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"

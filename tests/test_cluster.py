@@ -132,7 +132,9 @@ def test_lost_wake_up_task_is_recovered_by_the_poll(receiver, make_endpoint, sta
     assert req.header("webhook-id") == event.public_id
 
 
-def test_get_endpoint_and_custom_headers_through_the_cluster(receiver, make_endpoint, start_cluster):
+def test_get_endpoint_and_custom_headers_through_the_cluster(
+    receiver, make_endpoint, start_cluster
+):
     _, get_secret = make_endpoint(receiver.url("/get"), method="GET")
     _, post_secret = make_endpoint(
         receiver.url("/post"), headers={"Authorization": "Bearer t0k3n", "X-Tenant": "acme"}

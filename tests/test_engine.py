@@ -253,6 +253,15 @@ def test_get_endpoint_receives_flattened_query_signed(receiver, make_endpoint):
     assert req.header("Content-Type") is None
 
 
+def test_get_endpoint_with_its_own_query_signs_the_whole_query(receiver, make_endpoint):
+    _, secret = make_endpoint(receiver.url("/hook?token=abc") + "#frag", method="GET")
+    emit("user.created", {"email": "a@b.c"})
+    engine.drain()
+    (req,) = receiver.wait_for(1)
+    assert req.path == "/hook" and req.query.startswith("token=abc&id=evt_")
+    signing.verify(secret, req.query.encode(), req.headers)
+
+
 def test_selected_fields_and_custom_values_shape_the_body(receiver, make_endpoint):
     _, secret = make_endpoint(
         receiver.url(), payload_fields=["email", "company.name"], payload_extra={"app_token": "t-1"}
@@ -376,18 +385,25 @@ def test_claim_never_hands_out_a_leased_row_twice(make_endpoint, receiver):
 def test_broker_outage_does_not_fail_the_callers_save(receiver, make_endpoint, monkeypatch, caplog):
     make_endpoint(receiver.url())
 
+    calls = []
+
     def broker_down(*args, **kwargs):
+        calls.append(1)
         raise ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
 
     monkeypatch.setattr("django_q.tasks.async_task", broker_down)
     monkeypatch.setattr("webhooks_app.tasks._last_wake", 0.0)
+    monkeypatch.setattr("webhooks_app.tasks._broker_down_until", 0.0)
+    monkeypatch.setattr("webhooks_app.tasks.WAKE_COALESCE_SECONDS", 0.0)
     with caplog.at_level(logging.WARNING, logger="webhooks_app"):
         with transaction.atomic():
             event = emit("user.created", {"saved": True})
+        emit("user.created", {"saved": "again"})
     assert Event.objects.filter(pk=event.pk).exists()
     assert "could not enqueue" in caplog.text
+    assert len(calls) == 1  # the second commit did not wait on the broker again
     engine.drain()  # what the workers' poll does once they run
-    assert json.loads(receiver.wait_for(1)[0].body)["data"] == {"saved": True}
+    assert [json.loads(r.body)["data"]["saved"] for r in receiver.wait_for(2)] == [True, "again"]
 
 
 def test_model_signal_binding_emits_without_code(receiver, make_endpoint):

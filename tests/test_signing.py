@@ -51,7 +51,7 @@ def test_non_whsec_secret_verifies_with_library_given_its_base64():
 def test_verify_accepts_each_scheme_alone(scheme):
     secret = signing.generate_secret()
     headers = signing.sign_headers([secret], msg_id="evt_1", body=BODY, schemes=[scheme])
-    signing.verify(secret, BODY, headers)
+    signing.verify(secret, BODY, headers, schemes=[scheme])
 
 
 @pytest.mark.parametrize(
@@ -91,9 +91,23 @@ def test_verify_rejects_tampered_body_wrong_secret_and_legacy_mismatch():
     legacy = signing.sign_headers([secret], msg_id="evt_1", body=BODY, schemes=["legacy"])
     legacy["X-Webhook-Signature"] = "sha256=" + "0" * 64
     with pytest.raises(signing.WebhookVerificationError):
-        signing.verify(secret, BODY, legacy)
-    with pytest.raises(signing.WebhookVerificationError, match="missing signature"):
+        signing.verify(secret, BODY, legacy, schemes=["legacy"])
+    with pytest.raises(signing.WebhookVerificationError, match="missing"):
         signing.verify(secret, BODY, {})
+
+
+def test_legacy_headers_alone_are_refused_unless_asked_for():
+    """Stripping the standard headers and refreshing X-Webhook-Timestamp must not make a
+    captured request verify: the legacy HMAC does not cover the timestamp."""
+    secret = signing.generate_secret()
+    old = headers_for(secret, ts=int(time.time()) - 86400)
+    with pytest.raises(signing.WebhookVerificationError, match="too old"):
+        signing.verify(secret, BODY, old)
+    replayed = {k: v for k, v in old.items() if not k.startswith("webhook-")}
+    replayed["X-Webhook-Timestamp"] = str(int(time.time()))
+    with pytest.raises(signing.WebhookVerificationError, match="missing webhook-signature"):
+        signing.verify(secret, BODY, replayed)
+    signing.verify(secret, BODY, replayed, schemes=["standard", "legacy"])  # opted in
 
 
 def test_two_secrets_give_two_signatures_each_verifying():

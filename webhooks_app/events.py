@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
@@ -120,7 +120,8 @@ def endpoint_body(endpoint, env: dict, data: Any) -> str | None:
     if endpoint.method == "GET":
         pairs: list[tuple[str, str]] = []
         _flatten("", json.loads(dumps(payload)), pairs)
-        return urlencode(pairs)
+        own = urlsplit(endpoint.url).query  # e.g. ?token=... in the endpoint's URL
+        return f"{own}&{urlencode(pairs)}" if own else urlencode(pairs)
     return dumps(payload)
 
 
@@ -157,6 +158,7 @@ def emit(event_type: str, data: Any = None, *, tenant: str | None = None, using:
         event.save(using=using)
         if endpoints:
             now = event.created_at
+            due = now + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])
             Delivery.objects.using(using).bulk_create(
                 [
                     Delivery(
@@ -164,7 +166,7 @@ def emit(event_type: str, data: Any = None, *, tenant: str | None = None, using:
                         endpoint=ep,
                         tenant=tenant,
                         event_type=event_type,
-                        next_attempt_at=now,
+                        next_attempt_at=due,
                         body=endpoint_body(ep, env, data),
                         created_at=now,
                     )

@@ -361,7 +361,8 @@ def send_test(endpoint: Endpoint, data: Mapping[str, Any] | None = None) -> Test
             event_type=events.TEST_EVENT,
             body=events.endpoint_body(endpoint, env, payload),
             claim_token=token,
-            next_attempt_at=timezone.now() + timedelta(seconds=app_settings.LEASE_SECONDS),
+            # No due time: no worker ever claims a test, even if this process dies.
+            next_attempt_at=None,
         )
     delivery.endpoint = endpoint
     delivery.event = event
@@ -388,7 +389,7 @@ def replay(delivery: Delivery) -> Delivery:
                 status=Delivery.Status.PENDING,
                 sequence_attempts=0,
                 claim_token="",
-                next_attempt_at=timezone.now(),
+                next_attempt_at=timezone.now() + timedelta(seconds=app_settings.RETRY_SCHEDULE[0]),
             )
         )
         if updated:

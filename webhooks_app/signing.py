@@ -115,16 +115,22 @@ def verify(
     *,
     tolerance: int = DEFAULT_TOLERANCE,
     now: float | None = None,
+    schemes: Iterable[str] = ("standard",),
 ) -> None:
     """Check a received webhook; raise :class:`WebhookVerificationError` if it fails.
 
-    Accepts either scheme: the Standard Webhooks headers when present, else the legacy
-    ``X-Webhook-*`` headers. Comparisons are constant-time, and the timestamp must lie
-    within ``tolerance`` seconds of ``now``.
+    By default only the Standard Webhooks headers are accepted: their signature covers
+    the id and the timestamp. The legacy ``sha256=`` signature covers the body alone, so
+    a captured request could be replayed with a fresh ``X-Webhook-Timestamp``; accept it
+    only by asking for it (``schemes=("standard", "legacy")``) and de-duplicate by id.
+    Comparisons are constant-time; the timestamp must lie within ``tolerance`` seconds.
     """
+    schemes = set(schemes)
     raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
     std = _header(headers, "webhook-signature")
-    if std is not None:
+    if std is None and "legacy" not in schemes:
+        raise WebhookVerificationError("missing webhook-signature header")
+    if std is not None and "standard" in schemes:
         msg_id = _header(headers, "webhook-id")
         if not msg_id:
             raise WebhookVerificationError("missing webhook-id header")

@@ -33,12 +33,18 @@ def dispatch() -> int:
         return 0
 
 
+# After a failed enqueue, stop trying for a while: a broker that does not answer would
+# otherwise cost every committing request a connect timeout. The workers' poll covers it.
+BROKER_BACKOFF_SECONDS = 5.0
+_broker_down_until = 0.0
+
+
 def wake_workers() -> None:
     """Enqueue a dispatch task; a broker outage is logged, never raised to the caller."""
-    global _last_wake
+    global _last_wake, _broker_down_until
     with _wake_lock:
         now = time.monotonic()
-        if now - _last_wake < WAKE_COALESCE_SECONDS:
+        if now - _last_wake < WAKE_COALESCE_SECONDS or now < _broker_down_until:
             return
         _last_wake = now
     try:
@@ -50,6 +56,7 @@ def wake_workers() -> None:
         async_task("webhooks_app.tasks.dispatch", q_options=options)
     except Exception as exc:
         # The rows are committed; the workers' poll sends them once the broker is back.
+        _broker_down_until = time.monotonic() + BROKER_BACKOFF_SECONDS
         logger.warning("could not enqueue a webhook dispatch task (%s); workers will poll", exc)
 
 

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import urllib3
@@ -295,9 +295,10 @@ def send(method: str, url: str, *, body: bytes, headers: dict[str, str]) -> Resp
     if urlsplit(url).port:
         host_header += f":{target.port}"
     if method == "GET":
-        request = requests.Request("GET", url, headers=headers)
-        prepared = request.prepare()
-        prepared.url = f"{url}{'&' if '?' in url else '?'}{body.decode()}" if body else url
+        prepared = requests.Request("GET", url, headers=headers).prepare()
+        # The body is the whole query string, the URL's own parameters included: exactly
+        # the bytes that were signed. A fragment is never sent.
+        prepared.url = urlunsplit(urlsplit(url)._replace(query=body.decode(), fragment=""))
     else:
         prepared = requests.Request("POST", url, headers=headers, data=body).prepare()
     prepared.headers["Host"] = host_header
