@@ -148,3 +148,24 @@ def test_get_endpoint_and_custom_headers_through_the_cluster(
     assert post.header("Authorization") == "Bearer t0k3n" and post.header("X-Tenant") == "acme"
     signing.verify(post_secret, post.body, post.headers)
     assert get.header("Authorization") is None
+
+
+def test_graceful_stop_hands_back_unstarted_work(receiver, make_endpoint, start_cluster):
+    make_endpoint(receiver.url())
+    receiver.default = Reply(200, delay=1.0)
+    cluster = start_cluster()
+    events = [emit("user.created", {"n": i}) for i in range(12)]
+    receiver.wait_started(1)
+    started = time.monotonic()
+    cluster.stop()  # SIGTERM, as a process manager would send on deploy
+    assert time.monotonic() - started < 15
+    rows = list(Delivery.objects.filter(event__in=events))
+    assert all(d.claim_token == "" for d in rows), [(d.pk, d.status) for d in rows]
+    pending = [d for d in rows if d.status == "pending"]
+    assert pending and all(d.attempts == 0 for d in pending)  # handed back, not lost
+    sent = len(receiver.wait_for(len(rows) - len(pending), timeout=5))
+    assert sent == len(rows) - len(pending)  # nothing half-recorded
+    start_cluster()
+    receiver.default = Reply(200)
+    receiver.wait_for(len(rows), timeout=20)
+    assert {wait_status(d.pk, "succeeded").attempts for d in rows} == {1}
