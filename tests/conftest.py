@@ -43,3 +43,19 @@ def make_endpoint(db):
         return services.create_endpoint(url=url, events=events, **options)
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_stray_database_sessions(django_db_setup, django_db_blocker):
+    """End connections left by server threads (the live server's request threads keep
+    theirs) so the PostgreSQL test database can be dropped at the end of the run."""
+    yield
+    with django_db_blocker.unblock():
+        from django.db import connection
+
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
