@@ -93,6 +93,8 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "static"
 LOGIN_URL = "/admin/login/"
 EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+# Failure notices are sent from the workers' sender threads: never let SMTP hang them.
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 
 REDIS_URL = env("REDIS_URL", default="")
 Q_CLUSTER = {
