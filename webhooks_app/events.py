@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
+from django.db import connections, router, transaction
 
 from .conf import app_settings
 
@@ -125,13 +126,52 @@ def endpoint_body(endpoint, env: dict, data: Any) -> str | None:
     return dumps(payload)
 
 
+@dataclass(frozen=True)
+class _Target:
+    """What emit() needs of a subscribed endpoint."""
+
+    id: int
+    method: str
+    url: str
+    payload_fields: list
+    payload_extra: dict
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def subscribed_endpoints(tenant: str, event_type: str, *, using: str | None = None) -> list:
+    """Active endpoints of ``tenant`` with ``event_type`` enabled.
+
+    One hand-written query: this runs inside every emitting transaction, and building the
+    equivalent ORM join costs more than running it (~0.4 ms of the 1 ms budget).
+    """
+    from .models import Endpoint, Subscription
+
+    db = using or router.db_for_write(Endpoint)
+    conn = connections[db]
+    q = conn.ops.quote_name
+    sql = (
+        f"SELECT e.id, e.method, e.url, e.payload_fields, e.payload_extra "
+        f"FROM {q(Endpoint._meta.db_table)} e "
+        f"JOIN {q(Subscription._meta.db_table)} s ON s.endpoint_id = e.id "
+        f"WHERE e.tenant = %s AND e.is_active = %s AND s.event_type = %s AND s.enabled = %s "
+        f"ORDER BY e.id"
+    )
+    with conn.cursor() as cursor:
+        cursor.execute(sql, [tenant, True, event_type, True])
+        rows = cursor.fetchall()
+    return [_Target(r[0], r[1], r[2], _json(r[3]) or [], _json(r[4]) or {}) for r in rows]
+
+
 def emit(event_type: str, data: Any = None, *, tenant: str | None = None, using: str | None = None):
     """Record ``event_type`` with ``data`` for ``tenant`` and queue its deliveries.
 
     Runs in the caller's transaction; returns the :class:`~webhooks_app.models.Event`.
     Raises ``ValidationError`` for an unknown event type or data that is not JSON.
     """
-    from .models import Delivery, Endpoint, Event
+    from .models import Delivery, Event
 
     check_event_type(event_type)
     data = {} if data is None else data
@@ -144,16 +184,7 @@ def emit(event_type: str, data: Any = None, *, tenant: str | None = None, using:
         raise ValidationError(
             f"Event data is not JSON-serialisable: {exc}", code="invalid"
         ) from None
-    endpoints = list(
-        Endpoint.objects.using(using)
-        .filter(
-            tenant=tenant,
-            is_active=True,
-            subscriptions__event_type=event_type,
-            subscriptions__enabled=True,
-        )
-        .only("id", "method", "payload_fields", "payload_extra")
-    )
+    endpoints = subscribed_endpoints(tenant, event_type, using=using)
     with transaction.atomic(using=using, savepoint=False):
         event.save(using=using)
         if endpoints:
@@ -163,7 +194,7 @@ def emit(event_type: str, data: Any = None, *, tenant: str | None = None, using:
                 [
                     Delivery(
                         event=event,
-                        endpoint=ep,
+                        endpoint_id=ep.id,
                         tenant=tenant,
                         event_type=event_type,
                         next_attempt_at=due,
