@@ -38,6 +38,10 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._per_endpoint: Counter[int] = Counter()
+        # Endpoints whose last chunk got no answer (timeout, refused): one thread each
+        # until they answer again, so a dead endpoint cannot hold half the pool waiting
+        # out its timeouts while healthy endpoints' deliveries queue.
+        self._stalled: set[int] = set()
         self._thread = threading.Thread(target=self._run, name="webhooks-dispatcher", daemon=True)
 
     # Control --------------------------------------------------------------------------
@@ -75,7 +79,7 @@ class Dispatcher:
         while not self._stop.is_set():
             with self._lock:
                 free = self.threads - self._in_flight
-                saturated = [e for e, n in self._per_endpoint.items() if n >= self.per_endpoint]
+                saturated = [e for e, n in self._per_endpoint.items() if n >= self._limit(e)]
             if free <= 0:
                 return  # a finishing chunk wakes us
             limit = free * app_settings.CHUNK_SIZE
@@ -90,7 +94,7 @@ class Dispatcher:
             for endpoint_id, items in by_endpoint.items():
                 with self._lock:
                     slots = min(
-                        self.per_endpoint - self._per_endpoint[endpoint_id],
+                        self._limit(endpoint_id) - self._per_endpoint[endpoint_id],
                         self.threads - self._in_flight,
                     )
                 if slots <= 0:
@@ -103,6 +107,10 @@ class Dispatcher:
             engine.release(token, unsent)
             if len(rows) < limit or unsent:
                 return
+
+    def _limit(self, endpoint_id: int) -> int:
+        """Chunks of ``endpoint_id`` allowed in flight (call with ``self._lock`` held)."""
+        return 1 if endpoint_id in self._stalled else self.per_endpoint
 
     def _submit(self, token: str, endpoint_id: int, chunk: list, lease_deadline: float) -> None:
         with self._lock:
@@ -117,9 +125,14 @@ class Dispatcher:
 
     def _send(self, token: str, endpoint_id: int, chunk: list, lease_deadline: float) -> None:
         try:
-            engine.deliver_chunk(
+            stalled = engine.deliver_chunk(
                 token, chunk, stopping=self._stop.is_set, lease_deadline=lease_deadline
             )
+            with self._lock:
+                if stalled:
+                    self._stalled.add(endpoint_id)
+                else:
+                    self._stalled.discard(endpoint_id)
         except Exception:
             logger.exception("sending a chunk of %d deliveries failed", len(chunk))
             close_old_connections()

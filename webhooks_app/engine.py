@@ -364,7 +364,7 @@ def deliver_chunk(
     *,
     stopping=lambda: False,
     lease_deadline: float | None = None,
-) -> None:
+) -> bool:
     """Send claimed deliveries of one endpoint in order, then record them.
 
     A delivery is only started if its attempt can finish before the claim's lease
@@ -372,9 +372,11 @@ def deliver_chunk(
     back, so a chunk that waited in a queue never races the worker that re-claimed it.
     If the endpoint does not answer (or answers 410), the rest of the chunk is handed
     back unattempted: a dead endpoint costs one sender thread, not all of them.
+    Returns True when the chunk stopped that way (the dispatcher then gives the endpoint
+    one thread until it answers again).
     """
     if not deliveries:
-        return
+        return False
     if lease_deadline is None:
         lease_deadline = time.monotonic() + app_settings.LEASE_SECONDS
     outcomes: list[Outcome] = []
@@ -382,6 +384,7 @@ def deliver_chunk(
     remaining = list(deliveries)
     disabled = [d for d in remaining if not d.endpoint.is_active]
     remaining = [d for d in remaining if d.endpoint.is_active]
+    stalled = False
     try:
         while remaining:
             if stopping() or time.monotonic() + app_settings.TIMEOUT + 1 > lease_deadline:
@@ -390,6 +393,7 @@ def deliver_chunk(
             outcome = _safe_attempt(d, keys_by_endpoint)
             outcomes.append(outcome)
             if _stops_chunk(outcome.response):
+                stalled = True
                 break
     finally:
         try:
@@ -401,6 +405,7 @@ def deliver_chunk(
                 [d.id for d in disabled],
                 "The endpoint is disabled; replay this delivery after enabling it.",
             )
+    return stalled
 
 
 def drain(max_seconds: float = 60.0) -> int:
