@@ -341,6 +341,14 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return float(sum(values) - idle), float(sum(values))
+
+
 def proc_status(pid: int) -> dict[str, str]:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -364,6 +372,18 @@ class Cluster:
             if int(st.get("Threads", "1").strip() or 1) >= 4 and "VmHWM" in st:
                 peaks.append(int(st["VmHWM"].split()[0]) / 1024)
         return sorted(peaks, reverse=True)
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the whole cluster (main, sentinel, workers, pusher, monitor)."""
+        total = 0
+        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                continue
+        return total / os.sysconf("SC_CLK_TCK")
 
     def worker_pids(self) -> list[int]:
         return [
@@ -480,20 +500,25 @@ class Bench:
         return Cluster(self.env, self.tmp, self.args.workers)
 
     @staticmethod
-    def emit_one(i: int, event_type: str = "user.created") -> tuple[float, float]:
-        """One emit in a view-like transaction; returns (emit, commit+wake) seconds."""
+    def emit_one(i: int, event_type: str = "user.created") -> tuple[float, float, float]:
+        """One emit in a view-like transaction: (begin, emit() call, commit+wake) seconds.
+
+        On SQLite (IMMEDIATE) ``begin`` is where a view waits for the write lock; it is
+        the view's transaction, not emit(), so it is reported apart, as commit+wake is.
+        """
         from django.db import transaction
 
         from webhooks_app import emit
 
         t0 = time.perf_counter()
         with transaction.atomic():
+            t1 = time.perf_counter()
             emit(
                 event_type,
                 {"id": i, "username": f"user{i}", "email": f"user{i}@example.com"},
             )
-            t1 = time.perf_counter()
-        return t1 - t0, time.perf_counter() - t1
+            t2 = time.perf_counter()
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
 
     @staticmethod
     def emit_batch(start: int, n: int) -> float:
@@ -645,6 +670,7 @@ class Bench:
             self.profile(cluster, name, 20)
             emit_s = []
             batch = self.args.batch
+            machine0, cpu0 = machine_busy(), cluster.cpu_seconds()
             t_first = time.time()
             for start in range(0, events, batch):
                 emit_s.append(self.emit_batch(start, min(batch, events - start)))
@@ -653,6 +679,8 @@ class Bench:
             got = self.receiver.wait_count(prefix, total, timeout=self.args.drain_timeout)
             end = max(line[0] for line in got) if got else time.time()
             peaks = cluster.worker_peaks_mb()
+            cluster_cpu = cluster.cpu_seconds() - cpu0
+            machine1 = machine_busy()
         finally:
             cluster.stop()
         return {
@@ -664,6 +692,10 @@ class Bench:
             "drain_after_emit_s": max(0.0, end - t_emitted),
             "emit_batch_median_ms": statistics.median(emit_s) * 1000,
             "worker_peak_rss_mb": peaks,
+            # CPU: the cluster's per delivery, and how busy both cores were meanwhile.
+            "cluster_cpu_ms_per_delivery": 1000 * cluster_cpu / max(1, len(got)),
+            "machine_busy_fraction": (machine1[0] - machine0[0])
+            / max(1e-9, machine1[1] - machine0[1]),
         }
 
     def request_path(self) -> dict:
@@ -681,13 +713,16 @@ class Bench:
             for label, event_type in (("1", "user.created"), ("10", "user.updated")):
                 for i in range(20):  # warm-up
                     self.emit_one(i, event_type)
-                emit_s, commit_s = [], []
+                begin_s, emit_s, commit_s = [], [], []
                 for i in range(self.args.request_emits):
-                    e, c = self.emit_one(i, event_type)
+                    b, e, c = self.emit_one(i, event_type)
+                    begin_s.append(b * 1000)
                     emit_s.append(e * 1000)
                     commit_s.append(c * 1000)
                     time.sleep(0.002)
                 out[label] = {
+                    "begin_median_ms": statistics.median(begin_s),
+                    "begin_p99_ms": pct(begin_s, 99),
                     "emit_median_ms": statistics.median(emit_s),
                     "emit_p99_ms": pct(emit_s, 99),
                     "commit_wake_median_ms": statistics.median(commit_s),
@@ -931,6 +966,25 @@ def summarize(mode: str, workers: int, runs: list[dict], wrk: float | None) -> l
             per_run(lambda r, k=key: r[k]["drain_after_emit_s"]),
             "s",
         )
+        add(
+            label,
+            "cluster CPU per delivery (all qcluster processes)",
+            per_run(lambda r, k=key: r[k]["cluster_cpu_ms_per_delivery"]),
+            "ms",
+            per_run(lambda r: 1000 / r["ceiling"]["session"]),
+            "wall ms per Session request",
+            per_run(
+                lambda r, k=key: (
+                    r[k]["cluster_cpu_ms_per_delivery"] * r["ceiling"]["session"] / 1000
+                )
+            ),
+        )
+        add(
+            label,
+            "both cores busy during the run (machine)",
+            per_run(lambda r, k=key: 100 * r[k]["machine_busy_fraction"]),
+            "%",
+        )
     if any("burst" in r for r in runs):
         rss = per_run(lambda r: max(r["burst"]["worker_peak_rss_mb"]))
         add(
@@ -967,6 +1021,14 @@ def summarize(mode: str, workers: int, runs: list[dict], wrk: float | None) -> l
                 "ms",
                 per_run(lambda r: r["peer_burst"]["request_emit_p99_ms"]),
                 "django-webhook p99",
+            )
+            add(
+                "request path",
+                f"view's BEGIN (SQLite: write lock) median / p99, {n} endpoint(s)",
+                per_run(lambda r, n=n: r["request"][n]["begin_median_ms"]),
+                "ms",
+                per_run(lambda r, n=n: r["request"][n]["begin_p99_ms"]),
+                "p99",
             )
             add(
                 "request path",
