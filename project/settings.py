@@ -79,8 +79,11 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         # One file per test run, so concurrent runs never share (or delete) a database.
         "NAME": env("TEST_SQLITE_PATH", default=str(VAR_DIR / f"test-{os.getpid()}.sqlite3"))
     }
-else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
+# Persistent connections: django-q2's ORM broker calls close_old_connections() on every
+# enqueue, which with CONN_MAX_AGE=0 closes (and the next query reopens) the caller's
+# connection after each on-commit wake-up.
+DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = []
