@@ -167,6 +167,11 @@ WEBHOOKS_APP = {
     },
 }
 
+# The demo runs single-tenant (./dev demo sets this) so the admin user's API calls see the
+# seeded endpoint; the tests use the app's default resolver (one tenant per user).
+if env("WEBHOOKS_TENANT_RESOLVER", default=""):
+    WEBHOOKS_APP["TENANT_RESOLVER"] = env("WEBHOOKS_TENANT_RESOLVER")
+
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [
