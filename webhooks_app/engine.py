@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import InterfaceError, OperationalError, connections, router, transaction
 from django.db.models import F
@@ -97,15 +97,20 @@ def claim(limit: int, *, exclude_endpoints: Iterable[int] = ()) -> tuple[str, li
     return token, rows
 
 
-def release(token: str, ids: Iterable[int]) -> None:
-    """Hand claimed deliveries back unattempted, due at once."""
+def _update_claimed(token: str, ids: Iterable[int], **values) -> None:
+    """Update the rows among ``ids`` that ``token`` still owns, ending the claim."""
     ids = list(ids)
     if ids:
         db = _db()
         with _writing(db):
             Delivery.objects.using(db).filter(id__in=ids, claim_token=token).update(
-                claim_token="", next_attempt_at=timezone.now()
+                claim_token="", **values
             )
+
+
+def release(token: str, ids: Iterable[int]) -> None:
+    """Hand claimed deliveries back unattempted, due at once."""
+    _update_claimed(token, ids, next_attempt_at=timezone.now())
 
 
 def request_headers(delivery: Delivery, body: bytes, keys: list[str]) -> dict[str, str]:
@@ -129,7 +134,7 @@ def request_headers(delivery: Delivery, body: bytes, keys: list[str]) -> dict[st
 class Outcome:
     delivery: Delivery
     response: transport.Response
-    started_at: object
+    started_at: datetime
 
 
 def attempt(delivery: Delivery, keys: list[str]) -> Outcome:
@@ -145,12 +150,13 @@ def attempt(delivery: Delivery, keys: list[str]) -> Outcome:
     return Outcome(delivery, response, started_at)
 
 
-def _next_delay(delivery: Delivery, response: transport.Response) -> float | None:
-    """Seconds until the next attempt, or None when this failure is final."""
+def _next_delay(attempts_made: int, response: transport.Response) -> float | None:
+    """Seconds until the next attempt after ``attempts_made`` attempts of this sequence,
+    or None when this failure is final."""
     if response.status_code == 410 or response.permanent:
         return None
     schedule = app_settings.RETRY_SCHEDULE
-    position = delivery.sequence_attempts  # attempts made so far in this sequence
+    position = attempts_made
     if position >= len(schedule):
         return None
     delay = schedule[position]
@@ -178,7 +184,7 @@ def _new_state(d: Delivery, o: Outcome, now, retry: bool) -> dict:
     finished = o.started_at + timedelta(milliseconds=r.duration_ms)
     state["last_attempt_at"] = finished
     state["last_error"] = r.error or f"HTTP {r.status_code}"
-    delay = _next_delay(d, r) if retry else None
+    delay = _next_delay(d.sequence_attempts + 1, r) if retry else None  # + this attempt
     if delay is None:
         state.update(status=Delivery.Status.FAILED, next_attempt_at=None)
     else:
@@ -203,11 +209,7 @@ def record(token: str, outcomes: list[Outcome], *, retry: bool = True) -> list[O
         return []
     db = _db()
     now = timezone.now()
-    states = []
-    for o in outcomes:
-        o.delivery.sequence_attempts += 1  # _next_delay counts this attempt
-        states.append((o, _new_state(o.delivery, o, now, retry)))
-        o.delivery.sequence_attempts -= 1
+    states = [(o, _new_state(o.delivery, o, now, retry)) for o in outcomes]
     try:
         recorded = _write_outcomes(db, token, states)
     except (OperationalError, InterfaceError):
@@ -290,18 +292,11 @@ def _after_record(recorded: list[Outcome]) -> None:
             )
             threshold = app_settings.AUTO_DISABLE_AFTER
             if threshold:
-                # Atomic: only one worker wins, so there is one "disabled" notice.
-                won = Endpoint.objects.filter(
-                    id=endpoint_id, is_active=True, consecutive_failures__gte=threshold
-                ).update(
-                    is_active=False,
-                    disabled_reason=f"Disabled after {threshold} consecutive failed deliveries.",
+                disable_endpoint(
+                    endpoint,
+                    f"Disabled after {threshold} consecutive failed deliveries.",
+                    consecutive_failures__gte=threshold,
                 )
-                if won:
-                    endpoint.refresh_from_db()
-                    signals.endpoint_disabled.send_robust(
-                        sender=Endpoint, endpoint=endpoint, reason=endpoint.disabled_reason
-                    )
         for o in outcomes:
             if o.delivery.status == Delivery.Status.SUCCEEDED:
                 signals.delivery_succeeded.send_robust(sender=Delivery, delivery=o.delivery)
@@ -309,9 +304,11 @@ def _after_record(recorded: list[Outcome]) -> None:
                 signals.delivery_failed.send_robust(sender=Delivery, delivery=o.delivery)
 
 
-def disable_endpoint(endpoint: Endpoint, reason: str) -> bool:
-    """Deactivate ``endpoint`` once; True if this call did it (and sent the signal)."""
-    won = Endpoint.objects.filter(id=endpoint.id, is_active=True).update(
+def disable_endpoint(endpoint: Endpoint, reason: str, **conditions) -> bool:
+    """Deactivate ``endpoint`` once (if ``conditions`` hold in the database); True if this
+    call did it and sent the signal. One atomic UPDATE: of several workers seeing the
+    same incident, only one wins, so there is one "disabled" notice."""
+    won = Endpoint.objects.filter(id=endpoint.id, is_active=True, **conditions).update(
         is_active=False, disabled_reason=reason[:300]
     )
     if won:
@@ -330,16 +327,9 @@ def _stops_chunk(response: transport.Response) -> bool:
 def fail_unsent(token: str, ids: Iterable[int], reason: str) -> None:
     """Mark claimed deliveries failed without an attempt (e.g. the endpoint was switched
     off): no request, no attempt row, no signal; they can be replayed later."""
-    ids = list(ids)
-    if ids:
-        db = _db()
-        with _writing(db):
-            Delivery.objects.using(db).filter(id__in=ids, claim_token=token).update(
-                status=Delivery.Status.FAILED,
-                next_attempt_at=None,
-                claim_token="",
-                last_error=reason,
-            )
+    _update_claimed(
+        token, ids, status=Delivery.Status.FAILED, next_attempt_at=None, last_error=reason
+    )
 
 
 def _safe_attempt(d: Delivery, keys_by_endpoint: dict[int, list[str]]) -> Outcome:

@@ -165,17 +165,10 @@ def subscribed_endpoints(tenant: str, event_type: str, *, using: str | None = No
     return [_Target(r[0], r[1], r[2], _json(r[3]) or [], _json(r[4]) or {}) for r in rows]
 
 
-def emit(event_type: str, data: Any = None, *, tenant: str | None = None, using: str | None = None):
-    """Record ``event_type`` with ``data`` for ``tenant`` and queue its deliveries.
+def new_event(event_type: str, data: Any, tenant: str) -> tuple[Any, dict]:
+    """An unsaved Event with its body bytes fixed, and the envelope they encode."""
+    from .models import Event
 
-    Runs in the caller's transaction; returns the :class:`~webhooks_app.models.Event`.
-    Raises ``ValidationError`` for an unknown event type or data that is not JSON.
-    """
-    from .models import Delivery, Event
-
-    check_event_type(event_type)
-    data = {} if data is None else data
-    tenant = tenant or ""
     event = Event(tenant=tenant, event_type=event_type, data=data)
     env = envelope(event.public_id, event_type, event.created_at, tenant, data)
     try:
@@ -184,6 +177,21 @@ def emit(event_type: str, data: Any = None, *, tenant: str | None = None, using:
         raise ValidationError(
             f"Event data is not JSON-serialisable: {exc}", code="invalid"
         ) from None
+    return event, env
+
+
+def emit(event_type: str, data: Any = None, *, tenant: str | None = None, using: str | None = None):
+    """Record ``event_type`` with ``data`` for ``tenant`` and queue its deliveries.
+
+    Runs in the caller's transaction; returns the :class:`~webhooks_app.models.Event`.
+    Raises ``ValidationError`` for an unknown event type or data that is not JSON.
+    """
+    from .models import Delivery
+
+    check_event_type(event_type)
+    data = {} if data is None else data
+    tenant = tenant or ""
+    event, env = new_event(event_type, data, tenant)
     endpoints = subscribed_endpoints(tenant, event_type, using=using)
     with transaction.atomic(using=using, savepoint=False):
         event.save(using=using)

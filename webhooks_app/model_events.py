@@ -88,36 +88,35 @@ def connect_model_signals() -> None:
         post_delete.connect(on_delete, sender=model, dispatch_uid=f"webhooks_app.delete.{label}")
 
 
-def notify_failure(sender, delivery, **kwargs) -> None:
-    endpoint = delivery.endpoint
+def notify(endpoint, subject: str, body: str) -> None:
+    """Email the endpoint's notify_email, if any; a mail failure is logged, never raised
+    (notices are sent from sender threads and on-commit hooks)."""
     if not endpoint.notify_email:
         return
-    code = delivery.last_status_code or "no response"
     try:
-        send_mail(
-            f"Webhook delivery failed: {endpoint}",
-            f"The {delivery.event_type} event ({delivery.event.public_id}) could not be "
-            f"delivered to the webhook {endpoint} ({endpoint.url}) after {delivery.attempts} "
-            f"attempt(s).\nStatus code: {code}\nError: {delivery.last_error}\n\n"
-            "You can replay it from the delivery history.",
-            None,
-            [endpoint.notify_email],
-        )
+        send_mail(subject, body, None, [endpoint.notify_email])
     except Exception as exc:
-        logger.warning("failure notice for endpoint %s not sent: %s", endpoint.pk, exc)
+        logger.warning("notice %r for endpoint %s not sent: %s", subject, endpoint.pk, exc)
+
+
+def notify_failure(sender, delivery, **kwargs) -> None:
+    endpoint = delivery.endpoint
+    code = delivery.last_status_code or "no response"
+    notify(
+        endpoint,
+        f"Webhook delivery failed: {endpoint}",
+        f"The {delivery.event_type} event ({delivery.event.public_id}) could not be "
+        f"delivered to the webhook {endpoint} ({endpoint.url}) after {delivery.attempts} "
+        f"attempt(s).\nStatus code: {code}\nError: {delivery.last_error}\n\n"
+        "You can replay it from the delivery history.",
+    )
 
 
 def notify_disabled(sender, endpoint, reason: str, **kwargs) -> None:
     logger.warning("webhook endpoint %s disabled: %s", endpoint.pk, reason)
-    if not endpoint.notify_email:
-        return
-    try:
-        send_mail(
-            f"Webhook disabled: {endpoint}",
-            f"The webhook {endpoint} ({endpoint.url}) was disabled: {reason}\n"
-            "Fix the receiver, then enable the webhook again.",
-            None,
-            [endpoint.notify_email],
-        )
-    except Exception as exc:
-        logger.warning("disabled notice for endpoint %s not sent: %s", endpoint.pk, exc)
+    notify(
+        endpoint,
+        f"Webhook disabled: {endpoint}",
+        f"The webhook {endpoint} ({endpoint.url}) was disabled: {reason}\n"
+        "Fix the receiver, then enable the webhook again.",
+    )

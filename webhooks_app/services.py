@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from . import engine, events, signing, transport
 from .conf import app_settings
-from .models import Delivery, Endpoint, Event, Subscription
+from .models import Delivery, Endpoint, Subscription
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")
 RESERVED_HEADERS = {
@@ -263,14 +263,13 @@ def create_endpoint(
 
 def _confirm_creation(endpoint: Endpoint) -> None:
     """The reference products email a confirmation; the secret is never in it."""
-    from django.core.mail import send_mail
+    from .model_events import notify
 
-    send_mail(
+    notify(
+        endpoint,
         f"Webhook created: {endpoint}",
         f"The webhook {endpoint} now receives {', '.join(endpoint.event_types)} at "
         f"{endpoint.url}.\nFailed deliveries will be reported to this address.",
-        None,
-        [endpoint.notify_email],
     )
 
 
@@ -347,11 +346,7 @@ def send_test(endpoint: Endpoint, data: Mapping[str, Any] | None = None) -> Test
     payload = dict(data or {"message": "This is a test webhook"})
     token = _secrets.token_hex(16)
     with transaction.atomic():
-        event = Event(tenant=endpoint.tenant, event_type=events.TEST_EVENT, data=payload)
-        env = events.envelope(
-            event.public_id, event.event_type, event.created_at, endpoint.tenant, payload
-        )
-        event.body = events.dumps(env)
+        event, env = events.new_event(events.TEST_EVENT, payload, endpoint.tenant)
         event.save()
         # Claimed by us from the start, so no worker sends it a second time.
         delivery = Delivery.objects.create(

@@ -194,16 +194,20 @@ class _Watchdog:
 _watchdog = _Watchdog()
 
 
-class _WatchedConnection(urllib3.connection.HTTPConnection):
+class _Watched:
+    """Tells the watchdog which connection this thread's attempt is using."""
+
     def request(self, *args, **kwargs):
         _watchdog.connection(self)
         return super().request(*args, **kwargs)
 
 
-class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def request(self, *args, **kwargs):
-        _watchdog.connection(self)
-        return super().request(*args, **kwargs)
+class _WatchedConnection(_Watched, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _HTTPPool(urllib3.HTTPConnectionPool):
