@@ -11,8 +11,8 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
-from . import events, services
-from .models import Endpoint
+from .. import events, services
+from ..models import Endpoint
 
 # The endpoint fields a form hands to create_endpoint / update_endpoint.
 SERVICE_FIELDS = services.UPDATABLE

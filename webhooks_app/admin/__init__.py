@@ -1,0 +1,11 @@
+"""Django admin for webhook endpoints: thin views over ``webhooks_app.services``.
+
+- ``endpoint``: ``EndpointAdmin`` (list, add/change forms, the extra URLs);
+- ``pages``: the extra pages (Test, Rotate secret, history, delivery, replay);
+- ``forms``: the add/change/rotate forms and their widgets;
+- ``filters`` and ``display``: changelist filters and status badges.
+"""
+
+from .endpoint import EndpointAdmin
+
+__all__ = ["EndpointAdmin"]

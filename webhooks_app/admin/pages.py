@@ -1,0 +1,286 @@
+"""The endpoint admin's extra pages: Test, Rotate secret, delivery history, replay.
+
+Each follows ``UserAdmin.user_change_password``: it gets the object, checks the
+permission, changes data only on POST through a service, logs it, messages, redirects.
+The one exception to post/redirect/get is the one-time secret page (after "add" and
+after "Rotate secret"): the plaintext is rendered in the response to the POST itself and
+kept nowhere else (no session, no message), so reloading cannot show it again.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.http import urlencode
+from django.utils.translation import gettext_lazy as _
+
+from .. import services
+from ..events import TEST_EVENT, event_types
+from ..models import Delivery, Endpoint
+from .display import status_badge
+from .forms import RotateSecretForm
+
+HISTORY_PAGE_SIZE = 50
+# The history header counts at most this many rows: exact below, "10,000+" above, so a
+# page load never counts a million rows.
+HISTORY_COUNT_CAP = 10_000
+
+
+class EndpointPagesMixin:
+    """Views mixed into ``EndpointAdmin``; its ``get_urls()`` routes them."""
+
+    def _get_endpoint(self, request: HttpRequest, object_id: str, *, change: bool) -> Endpoint:
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404(_("No webhook endpoint with this id."))
+        allowed = (
+            self.has_change_permission(request, obj)
+            if change
+            else self.has_view_or_change_permission(request, obj)
+        )
+        if not allowed:
+            raise PermissionDenied
+        return obj
+
+    def _context(self, request: HttpRequest, obj: Endpoint, title: str, **extra: Any) -> dict:
+        return {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": obj,
+            "title": title,
+            "subtitle": str(obj),
+            "media": self.media,
+            "wh_can_change": self.has_change_permission(request, obj),
+            **extra,
+        }
+
+    def _secret_page(
+        self, request: HttpRequest, obj: Endpoint, secret: str, *, created: bool
+    ) -> HttpResponse:
+        context = self._context(
+            request,
+            obj,
+            _("Webhook secret"),
+            secret=secret,
+            created=created,
+        )
+        response = TemplateResponse(request, "webhooks_app/admin/endpoint/secret.html", context)
+        # Never cached by the browser or a proxy: the page holds the only copy.
+        response["Cache-Control"] = "no-store, private"
+        response["Pragma"] = "no-cache"
+        return response
+
+    def test_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """GET: the Test page (with the result of the last test sent from it); POST: send."""
+        obj = self._get_endpoint(request, object_id, change=True)
+        if request.method == "POST":
+            result = services.send_test(obj)
+            outcome = (
+                _("Test webhook delivered (HTTP %(code)s).") % {"code": result.status_code}
+                if result.ok
+                else _("Test webhook failed: %(why)s")
+                % {"why": result.error or f"HTTP {result.status_code}"}
+            )
+            self.log_change(request, obj, str(outcome))
+            self.message_user(request, outcome, messages.SUCCESS if result.ok else messages.ERROR)
+            url = reverse("admin:webhooks_app_endpoint_test", args=[obj.pk])
+            return HttpResponseRedirect(f"{url}?{urlencode({'result': result.delivery.pk})}")
+        result = None
+        if request.GET.get("result", "").isdigit():
+            result = (
+                Delivery.objects.filter(
+                    pk=int(request.GET["result"]), endpoint=obj, event_type=TEST_EVENT
+                )
+                .prefetch_related("attempt_log")
+                .first()
+            )
+        context = self._context(
+            request,
+            obj,
+            _("Test webhook endpoint"),
+            result=result,
+            attempt=result.attempt_log.all().last() if result else None,
+            example=json.dumps(event_types()[TEST_EVENT]["example"], indent=2),
+        )
+        return TemplateResponse(request, "webhooks_app/admin/endpoint/test.html", context)
+
+    def rotate_secret_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        obj = self._get_endpoint(request, object_id, change=True)
+        form = RotateSecretForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            grace = form.cleaned_data["grace"] or None
+            try:
+                secret = services.rotate_secret(obj, grace=grace)
+            except ValidationError as exc:
+                form.add_error("grace" if hasattr(exc, "error_dict") else None, exc)
+            else:
+                msg = _("Rotated the secret") + (
+                    str(_(" (old secret valid for %(s)d more seconds)") % {"s": grace})
+                    if grace
+                    else ""
+                )
+                self.log_change(request, obj, str(msg))
+                self.message_user(request, _("The secret was rotated."), messages.SUCCESS)
+                return self._secret_page(request, obj, secret, created=False)
+        context = self._context(request, obj, _("Rotate secret"), form=form)
+        return TemplateResponse(request, "webhooks_app/admin/endpoint/rotate_secret.html", context)
+
+    def history_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Deliveries newest first, keyset-paginated (``?before=<id>`` / ``?after=<id>``).
+
+        Each page is one index range scan on (endpoint[, status | event_type], -id) of
+        PAGE_SIZE + 1 rows, however deep, and the header counts at most COUNT_CAP rows.
+        """
+        obj = self._get_endpoint(request, object_id, change=False)
+        status = request.GET.get("status", "")
+        event_type = request.GET.get("event_type", "")
+        qs = Delivery.objects.filter(endpoint=obj)
+        if status in Delivery.Status.values:
+            qs = qs.filter(status=status)
+        else:
+            status = ""
+        if event_type:
+            qs = qs.filter(event_type=event_type)
+        before, after = request.GET.get("before", ""), request.GET.get("after", "")
+        page_qs = qs.select_related("event").only(
+            "id",
+            "endpoint_id",
+            "event_type",
+            "status",
+            "attempts",
+            "created_at",
+            "last_attempt_at",
+            "last_status_code",
+            "last_response_ms",
+            "last_error",
+            "event__public_id",
+        )
+        if after.isdigit():
+            rows = list(page_qs.filter(id__gt=int(after)).order_by("id")[: HISTORY_PAGE_SIZE + 1])
+            has_newer = len(rows) > HISTORY_PAGE_SIZE
+            rows = rows[:HISTORY_PAGE_SIZE][::-1]
+            has_older = bool(rows) and qs.filter(id__lt=rows[-1].id).exists()
+        else:
+            if before.isdigit():
+                page_qs = page_qs.filter(id__lt=int(before))
+            rows = list(page_qs.order_by("-id")[: HISTORY_PAGE_SIZE + 1])
+            has_older = len(rows) > HISTORY_PAGE_SIZE
+            rows = rows[:HISTORY_PAGE_SIZE]
+            has_newer = before.isdigit() and bool(rows) and qs.filter(id__gt=rows[0].id).exists()
+        if not (before or after) and not has_older:
+            capped = len(rows)  # the whole history fits on this page: no count query
+        else:
+            capped = qs.order_by()[: HISTORY_COUNT_CAP + 1].count()
+        filters = {k: v for k, v in (("status", status), ("event_type", event_type)) if v}
+
+        def link(**params: Any) -> str:
+            return "?" + urlencode({**filters, **params}) if {**filters, **params} else "?"
+
+        def filter_link(name: str, value: str) -> str:
+            params = {**filters, name: value}
+            if not value:
+                params.pop(name)
+            return "?" + urlencode(params) if params else "?"
+
+        status_choices = [
+            {"label": _("All"), "url": filter_link("status", ""), "selected": not status}
+        ] + [
+            {"label": label, "url": filter_link("status", value), "selected": status == value}
+            for value, label in Delivery.Status.choices
+        ]
+        types = sorted(set(obj.event_types) | {TEST_EVENT} | ({event_type} - {""}))
+        type_choices = [
+            {"label": _("All"), "url": filter_link("event_type", ""), "selected": not event_type}
+        ] + [
+            {"label": t, "url": filter_link("event_type", t), "selected": event_type == t}
+            for t in types
+        ]
+        context = self._context(
+            request,
+            obj,
+            _("Delivery history"),
+            rows=[(d, status_badge(d.status)) for d in rows],
+            count=min(capped, HISTORY_COUNT_CAP),
+            count_capped=capped > HISTORY_COUNT_CAP,
+            newest_url=link() if (before or after) else None,
+            newer_url=link(after=rows[0].id) if has_newer and rows else None,
+            older_url=link(before=rows[-1].id) if has_older and rows else None,
+            status_choices=status_choices,
+            type_choices=type_choices,
+            filtered=bool(filters),
+            return_query=request.GET.urlencode(),
+        )
+        return TemplateResponse(request, "webhooks_app/admin/endpoint/history.html", context)
+
+    def delivery_view(self, request: HttpRequest, object_id: str, delivery_id: int) -> HttpResponse:
+        obj = self._get_endpoint(request, object_id, change=False)
+        delivery = get_object_or_404(
+            Delivery.objects.select_related("event"), pk=delivery_id, endpoint=obj
+        )
+        payload = delivery.payload_bytes().decode("utf-8", "replace")
+        try:
+            payload = json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
+        except ValueError:
+            pass  # a GET endpoint's query string, shown as sent
+        log = list(delivery.attempt_log.all())
+        context = self._context(
+            request,
+            obj,
+            _("Delivery %(id)s") % {"id": delivery.pk},
+            delivery=delivery,
+            badge=status_badge(delivery.status),
+            attempts=[(a, status_badge("succeeded" if a.succeeded else "failed")) for a in log],
+            payload=payload,
+            can_replay=delivery.status != Delivery.Status.PENDING,
+        )
+        return TemplateResponse(request, "webhooks_app/admin/endpoint/delivery.html", context)
+
+    def replay_view(self, request: HttpRequest, object_id: str, delivery_id: int) -> HttpResponse:
+        obj = self._get_endpoint(request, object_id, change=True)
+        delivery = get_object_or_404(Delivery, pk=delivery_id, endpoint=obj)
+        url = reverse("admin:webhooks_app_endpoint_delivery", args=[obj.pk, delivery.pk])
+        if request.method != "POST":
+            return HttpResponseRedirect(url)
+        try:
+            services.replay(delivery)
+        except ValidationError as exc:
+            self.message_user(request, " ".join(exc.messages), messages.ERROR)
+        else:
+            self.log_change(request, obj, str(_("Replayed delivery %(id)s") % {"id": delivery.pk}))
+            self.message_user(
+                request,
+                _("Delivery %(id)s was queued to be sent again.") % {"id": delivery.pk},
+                messages.SUCCESS,
+            )
+        return HttpResponseRedirect(url)
+
+    def replay_selected_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        obj = self._get_endpoint(request, object_id, change=True)
+        url = reverse("admin:webhooks_app_endpoint_history", args=[obj.pk])
+        query = request.POST.get("return_query", "")
+        back = HttpResponseRedirect(f"{url}?{query}" if query else url)
+        if request.method != "POST":
+            return back
+        ids = [int(i) for i in request.POST.getlist("ids") if i.isdigit()][: HISTORY_PAGE_SIZE * 4]
+        if not ids:
+            self.message_user(request, _("Select deliveries to replay."), messages.WARNING)
+            return back
+        deliveries: QuerySet[Delivery] = Delivery.objects.filter(endpoint=obj, pk__in=ids)
+        count, problems = services.replay_many(deliveries.order_by("id"))
+        if count:
+            self.log_change(request, obj, str(_("Replayed %(n)d deliveries") % {"n": count}))
+            self.message_user(
+                request, _("%(n)d deliveries queued to be sent again.") % {"n": count}
+            )
+        for problem in problems:
+            self.message_user(request, problem, messages.WARNING)
+        return back
