@@ -1,14 +1,21 @@
 """Running it for months: unrouted events, retention, emit once, bulk recovery (issue 11)."""
 
 import json
+import threading
+import time
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
 from django.core.management import call_command
+from django.db import connection, transaction
 from django.test import override_settings
+from django.utils import timezone
 
 from webhooks_app import emit, engine
-from webhooks_app.models import Delivery, Event
+from webhooks_app.models import Delivery, Event, IdempotencyKey
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,3 +50,115 @@ def test_emit_command_reports_an_unrouted_event(capsys):
     call_command("webhooks_emit", "user.created", '{"a": 1}')
     assert "0 delivery(ies) queued" in capsys.readouterr().out
     assert not Event.objects.exists()
+
+
+# Emit once ---------------------------------------------------------------------------------
+def test_same_key_returns_the_first_event_and_creates_nothing(receiver, make_endpoint):
+    make_endpoint(receiver.url(), tenant="acme")
+    make_endpoint(receiver.url("/globex"), tenant="globex")
+    first = emit("user.created", {"n": 1}, tenant="acme", idempotency_key="order-42-paid")
+    again = emit("user.created", {"n": 2}, tenant="acme", idempotency_key="order-42-paid")
+    assert again.pk == first.pk and again.public_id == first.public_id
+    assert json.loads(again.body)["data"] == {"n": 1}
+    # Per tenant: another tenant's same key is its own event.
+    other = emit("user.created", {"n": 3}, tenant="globex", idempotency_key="order-42-paid")
+    assert other.pk != first.pk
+    assert Event.objects.count() == 2 and Delivery.objects.count() == 2
+    engine.drain()
+    reqs = receiver.wait_for(2)
+    time.sleep(0.3)
+    assert sorted(json.loads(r.body)["data"]["n"] for r in receiver.received) == [1, 3]
+    assert len(reqs) == 2
+
+
+def test_key_expires_after_the_window(make_endpoint):
+    make_endpoint("http://127.0.0.1:9/hook")
+    first = emit("user.created", {}, idempotency_key="k")
+    IdempotencyKey.objects.update(created_at=timezone.now() - timedelta(hours=25))
+    second = emit("user.created", {}, idempotency_key="k")
+    assert second.pk != first.pk
+    assert emit("user.created", {}, idempotency_key="k").pk == second.pk
+    with webhooks(IDEMPOTENCY_WINDOW=60):
+        IdempotencyKey.objects.update(created_at=timezone.now() - timedelta(seconds=61))
+        assert emit("user.created", {}, idempotency_key="k").pk not in (first.pk, second.pk)
+    assert IdempotencyKey.objects.count() == 1
+
+
+def test_unrouted_event_with_a_key_is_returned_again_without_an_event_row():
+    first = emit("user.created", {"x": "ü"}, idempotency_key="unrouted-1")
+    again = emit("user.created", {"x": "other"}, idempotency_key="unrouted-1")
+    assert first.pk is None and again.pk is None
+    assert again.public_id == first.public_id and again.body == first.body
+    assert again.data == {"x": "ü"}
+    assert not Event.objects.exists()
+
+
+def test_duplicate_inside_the_callers_transaction_keeps_it_usable(make_endpoint):
+    make_endpoint("http://127.0.0.1:9/hook")
+    with transaction.atomic():
+        first = emit("user.created", {}, idempotency_key="tx")
+        assert emit("user.created", {}, idempotency_key="tx").pk == first.pk
+        Group.objects.create(name="after-the-duplicate")  # the transaction still works
+    assert Group.objects.filter(name="after-the-duplicate").exists()
+    assert Event.objects.count() == 1
+
+
+def test_rolled_back_first_call_frees_the_key(make_endpoint):
+    make_endpoint("http://127.0.0.1:9/hook")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        emit("user.created", {}, idempotency_key="rb")
+        raise RuntimeError
+    assert not IdempotencyKey.objects.exists()
+    assert emit("user.created", {}, idempotency_key="rb").pk is not None
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 201, "nul\x00", 42])
+def test_bad_keys_are_a_field_error(bad):
+    with pytest.raises(ValidationError) as exc:
+        emit("user.created", {}, idempotency_key=bad)
+    assert "idempotency_key" in exc.value.message_dict
+    assert not IdempotencyKey.objects.exists()
+
+
+def test_concurrent_callers_with_one_key_create_one_event(make_endpoint):
+    """Two threads, two connections: the first holds its transaction open after taking the
+    key; the second must wait for it and then get the first event, not a second one."""
+    make_endpoint("http://127.0.0.1:9/hook")
+    took_key = threading.Event()
+    results: dict[str, object] = {}
+    errors: list[BaseException] = []
+
+    def first():
+        try:
+            with transaction.atomic():
+                results["first"] = emit("user.created", {"who": 1}, idempotency_key="race")
+                took_key.set()
+                time.sleep(0.5)  # the second caller runs meanwhile
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+            took_key.set()
+        finally:
+            connection.close()
+
+    def second():
+        try:
+            took_key.wait(5)
+            started = time.monotonic()
+            with transaction.atomic():
+                results["second"] = emit("user.created", {"who": 2}, idempotency_key="race")
+            results["waited"] = time.monotonic() - started
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not errors, errors
+    assert results["second"].pk == results["first"].pk
+    assert results["waited"] >= 0.3  # it really waited for the first transaction
+    assert Event.objects.count() == 1 and Delivery.objects.count() == 1
+    assert json.loads(Event.objects.get().body)["data"] == {"who": 1}

@@ -6,6 +6,7 @@ setting ever shapes a model field or a migration.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -63,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
     # log). Off by default: an unrouted event writes nothing, and emit() returns an
     # unsaved Event (pk None) carrying the id and body it would have had.
     "KEEP_UNROUTED_EVENTS": False,
+    # emit(..., idempotency_key=...): seconds during which the same key (per tenant)
+    # returns the first event and creates nothing. 24 hours.
+    "IDEMPOTENCY_WINDOW": 86400,
 }
 
 
@@ -186,6 +190,11 @@ class AppSettings:
     @property
     def KEEP_UNROUTED_EVENTS(self) -> bool:
         return bool(self._get("KEEP_UNROUTED_EVENTS"))
+
+    @property
+    def IDEMPOTENCY_WINDOW(self) -> timedelta:
+        value = self._get("IDEMPOTENCY_WINDOW")
+        return value if isinstance(value, timedelta) else timedelta(seconds=float(value))
 
 
 app_settings = AppSettings()
