@@ -59,6 +59,10 @@ DEFAULTS: dict[str, Any] = {
     "API_THROTTLE_RATE": "30/min",
     # Django's queue name / cluster for wake-up tasks (None: the default cluster).
     "Q_CLUSTER": None,
+    # Write an Event row even when no endpoint is subscribed to it (e.g. for an event
+    # log). Off by default: an unrouted event writes nothing, and emit() returns an
+    # unsaved Event (pk None) carrying the id and body it would have had.
+    "KEEP_UNROUTED_EVENTS": False,
 }
 
 
@@ -177,6 +181,11 @@ class AppSettings:
     @property
     def Q_CLUSTER(self) -> str | None:
         return self._get("Q_CLUSTER")
+
+
+    @property
+    def KEEP_UNROUTED_EVENTS(self) -> bool:
+        return bool(self._get("KEEP_UNROUTED_EVENTS"))
 
 
 app_settings = AppSettings()

@@ -2,7 +2,8 @@
 
 ``emit()`` writes the Event and one Delivery per subscribed active endpoint in the
 caller's transaction (a transactional outbox): a rollback sends nothing, and the workers
-are woken only once the transaction has committed.
+are woken only once the transaction has committed. An event no endpoint wants writes
+nothing unless ``KEEP_UNROUTED_EVENTS`` is set.
 """
 
 from __future__ import annotations
@@ -184,6 +185,8 @@ def emit(event_type: str, data: Any = None, *, tenant: str | None = None, using:
     """Record ``event_type`` with ``data`` for ``tenant`` and queue its deliveries.
 
     Runs in the caller's transaction; returns the :class:`~webhooks_app.models.Event`.
+    When no endpoint is subscribed, nothing is written (unless ``KEEP_UNROUTED_EVENTS``)
+    and the returned Event is unsaved: ``pk`` is None, ``public_id`` and ``body`` are set.
     Raises ``ValidationError`` for an unknown event type or data that is not JSON.
     """
     from .models import Delivery
@@ -193,6 +196,8 @@ def emit(event_type: str, data: Any = None, *, tenant: str | None = None, using:
     tenant = tenant or ""
     event, env = new_event(event_type, data, tenant)
     endpoints = subscribed_endpoints(tenant, event_type, using=using)
+    if not endpoints and not app_settings.KEEP_UNROUTED_EVENTS:
+        return event  # unrouted: no row, no wake-up (bounded tables)
     with transaction.atomic(using=using, savepoint=False):
         event.save(using=using)
         if endpoints:

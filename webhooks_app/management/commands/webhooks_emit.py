@@ -25,7 +25,7 @@ class Command(BaseCommand):
             event = emit(event_type, payload, tenant=tenant)
         except ValidationError as exc:
             raise CommandError(" ".join(exc.messages)) from None
-        count = event.deliveries.count()
+        count = event.deliveries.count() if event.pk else 0
         self.stdout.write(
             f"Emitted {event.event_type} {event.public_id}: {count} delivery(ies) queued."
         )
