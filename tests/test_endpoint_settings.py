@@ -48,3 +48,206 @@ def test_drain_sends_large_events_in_bounded_claims(receiver, make_endpoint, mon
         engine.drain()
     assert len(receiver.wait_for(12)) == 12
     assert max(seen) <= 120_000 and len(seen) >= 6
+
+
+# Custom headers --------------------------------------------------------------------------
+UNSENDABLE_VALUES = [" leading", "trailing ", "€uro", "a\x00b", "a\rb", "a\nb", "a\x01b", "x\x7f"]
+RESERVED_NAMES = [
+    "Connection",
+    "Keep-Alive",
+    "TE",
+    "Trailer",
+    "Transfer-Encoding",
+    "Upgrade",
+    "Expect",
+    "Content-Encoding",
+    "Proxy-Authorization",
+    "Host",
+    "Content-Length",
+]
+
+
+def api_client():
+    from django.contrib.auth import get_user_model
+    from rest_framework.test import APIClient
+
+    user = get_user_model().objects.create_user(f"u{get_user_model().objects.count()}")
+    c = APIClient()
+    c.force_authenticate(user)
+    return c, str(user.pk)
+
+
+def admin_add_form(url: str, header_name: str, header_value: str) -> dict:
+    return {
+        "name": "x",
+        "description": "",
+        "url": url,
+        "method": "POST",
+        "is_active": "on",
+        "events": ["user.created"],
+        "events_toggles": "1",
+        "events_enabled": ["user.created"],
+        "headers_key": [header_name],
+        "headers_value": [header_value],
+        "payload_extra_key": [],
+        "payload_extra_value": [],
+        "payload_fields": "",
+        "notify_email": "",
+        "secret": "",
+        "tenant": "",
+    }
+
+
+@pytest.mark.parametrize("value", UNSENDABLE_VALUES)
+def test_unsendable_header_values_are_a_field_error_on_every_path(value, receiver, admin_client):
+    from django.core.exceptions import ValidationError
+    from django.urls import reverse
+
+    from webhooks_app import services
+    from webhooks_app.models import Endpoint
+
+    with pytest.raises(ValidationError) as exc:
+        services.create_endpoint(
+            url=receiver.url(), events=["user.created"], headers={"X-T": value}
+        )
+    assert list(exc.value.error_dict) == ["headers"]
+    assert value.strip() not in " ".join(exc.value.messages) or not value.strip()
+    client, _ = api_client()
+    r = client.post(
+        "/api/webhooks/endpoints/",
+        {"url": receiver.url(), "events": ["user.created"], "headers": {"X-T": value}},
+        format="json",
+    )
+    assert r.status_code == 400 and "headers" in r.json(), r.content
+    r = admin_client.post(
+        reverse("admin:webhooks_app_endpoint_add"), admin_add_form(receiver.url(), "X-T", value)
+    )
+    assert r.status_code == 200
+    assert r.context["adminform"].form.errors.get("headers"), r.context["adminform"].form.errors
+    endpoint, _ = services.create_endpoint(url=receiver.url(), events=["user.created"])
+    with pytest.raises(ValidationError) as exc:
+        services.update_endpoint(endpoint, headers={"X-T": value})
+    assert list(exc.value.error_dict) == ["headers"]
+    assert Endpoint.objects.count() == 1
+
+
+@pytest.mark.parametrize("name", RESERVED_NAMES)
+def test_hop_by_hop_and_framing_headers_are_reserved(name, receiver):
+    from django.core.exceptions import ValidationError
+
+    from webhooks_app import services
+
+    with pytest.raises(ValidationError) as exc:
+        services.create_endpoint(url=receiver.url(), events=["user.created"], headers={name: "x"})
+    assert "cannot be set" in exc.value.message_dict["headers"][0]
+
+
+def test_latin1_header_value_is_sent_as_latin1(receiver, make_endpoint):
+    make_endpoint(receiver.url(), headers={"X-Name": "Müller"})
+    emit("user.created", {})
+    engine.drain()
+    (req,) = receiver.wait_for(1)
+    # http.server decodes header bytes as Latin-1: the byte 0xFC arrived.
+    assert req.header("X-Name") == "Müller"
+
+
+def test_header_values_are_encrypted_at_rest_and_shown_masked(
+    receiver, make_endpoint, admin_client
+):
+    from django.db import connection
+    from django.urls import reverse
+
+    from webhooks_app.models import Endpoint
+
+    token = "Bearer s3cr3t-t0ken-0001a2b"
+    client, tenant = api_client()
+    endpoint, _ = make_endpoint(
+        receiver.url(), tenant=tenant, headers={"Authorization": token, "X-Short": "abc"}
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT headers FROM {Endpoint._meta.db_table} WHERE id = %s", [endpoint.pk]
+        )
+        (raw,) = cursor.fetchone()
+    assert "s3cr3t" not in str(raw) and "Authorization" in str(raw)
+    shown = {"Authorization": "Bearer ••••1a2b", "X-Short": "••••"}
+    assert client.get(f"/api/webhooks/endpoints/{endpoint.pk}/").json()["headers"] == shown
+    listed = client.get("/api/webhooks/endpoints/").json()
+    assert "s3cr3t" not in str(listed)
+    html = admin_client.get(reverse("admin:webhooks_app_endpoint_change", args=[endpoint.pk]))
+    assert "s3cr3t" not in html.content.decode() and "Bearer ••••1a2b" in html.content.decode()
+    emit("user.created", {}, tenant=tenant)
+    engine.drain()
+    (req,) = receiver.wait_for(1)
+    assert req.header("Authorization") == token  # sent in plain text, of course
+
+
+def test_view_only_staff_see_header_values_masked(receiver, make_endpoint, client):
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+    from django.urls import reverse
+
+    endpoint, _ = make_endpoint(
+        receiver.url(), headers={"Authorization": "Bearer s3cr3t-0000-1a2b"}
+    )
+    user = get_user_model().objects.create_user("viewer", password="pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_endpoint"))
+    client.force_login(user)
+    html = client.get(reverse("admin:webhooks_app_endpoint_change", args=[endpoint.pk])).content
+    assert b"s3cr3t" not in html and "Bearer ••••1a2b".encode() in html
+    assert b"gAAAA" not in html  # nor the ciphertext
+
+
+def test_a_value_left_masked_is_kept_on_every_edit_path(receiver, make_endpoint, admin_client):
+    from django.urls import reverse
+
+    from webhooks_app import services
+
+    token = "Bearer s3cr3t-t0ken-0001a2b"
+    client, tenant = api_client()
+    endpoint, _ = make_endpoint(receiver.url(), tenant=tenant, headers={"Authorization": token})
+    detail = f"/api/webhooks/endpoints/{endpoint.pk}/"
+    masked = client.get(detail).json()["headers"]
+    r = client.patch(detail, {"headers": {**masked, "X-New": "1"}}, format="json")
+    assert r.status_code == 200, r.content
+    endpoint.refresh_from_db()
+    assert endpoint.get_headers() == {"Authorization": token, "X-New": "1"}
+    body = client.get(detail).json()
+    put = {k: body[k] for k in ("url", "events", "headers", "name")}
+    assert client.put(detail, put, format="json").status_code == 200
+    endpoint.refresh_from_db()
+    assert endpoint.get_headers() == {"Authorization": token, "X-New": "1"}
+    # The admin form: the masked value comes back unchanged.
+    form = admin_add_form(receiver.url(), "Authorization", "Bearer ••••1a2b")
+    form.pop("secret"), form.pop("tenant")
+    r = admin_client.post(reverse("admin:webhooks_app_endpoint_change", args=[endpoint.pk]), form)
+    assert r.status_code == 302, r.context["adminform"].form.errors if r.context else r
+    endpoint.refresh_from_db()
+    assert endpoint.get_headers() == {"Authorization": token}
+    # A new value replaces it; a masked value that matches nothing is refused.
+    services.update_endpoint(endpoint, headers={"Authorization": "Bearer new"})
+    assert endpoint.get_headers() == {"Authorization": "Bearer new"}
+    r = client.patch(detail, {"headers": {"X-Other": "Bearer ••••1a2b"}}, format="json")
+    assert r.status_code == 400 and "headers" in r.json()
+
+
+def test_an_unsendable_stored_header_is_a_recorded_failure_never_a_500(receiver, make_endpoint):
+    from webhooks_app import services
+    from webhooks_app.models import Endpoint
+
+    client, tenant = api_client()
+    endpoint, _ = make_endpoint(receiver.url(), tenant=tenant)
+    endpoint.set_headers({"X-Token": "€uro"})  # written before the rules, or by hand
+    endpoint.save(update_fields=["headers"])
+    r = client.post(f"/api/webhooks/endpoints/{endpoint.pk}/test/", {}, format="json")
+    assert r.status_code == 200, r.content
+    body = r.json()
+    assert body["ok"] is False and "X-Token" in body["error"] and "€" not in body["error"]
+    d = Delivery.objects.get(pk=body["delivery"])
+    assert (d.status, d.claim_token) == ("failed", "") and "X-Token" in d.last_error
+    event = emit("user.created", {}, tenant=tenant)
+    engine.drain()
+    d = Delivery.objects.get(event=event)
+    assert (d.status, d.claim_token) == ("failed", "") and "Latin-1" in d.last_error
+    assert receiver.received == []
+    assert services.send_test(Endpoint.objects.get(pk=endpoint.pk)).ok is False

@@ -32,5 +32,6 @@ def decrypt(token: str) -> str:
         return _fernet().decrypt(token.encode("ascii")).decode("utf-8")
     except (InvalidToken, ValueError):
         raise ValueError(
-            "An endpoint secret could not be decrypted: check WEBHOOKS_APP['ENCRYPTION_KEYS']."
+            "An endpoint secret could not be decrypted: check WEBHOOKS_APP['ENCRYPTION_KEYS'] "
+            "(or SECRET_KEY_FALLBACKS, if SECRET_KEY changed)."
         ) from None

@@ -6,7 +6,6 @@ field before writing anything; writes happen in one transaction.
 
 from __future__ import annotations
 
-import re
 import secrets as _secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,19 +18,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import engine, events, queries, signing, transport
+from . import headers as headers_policy
 from .conf import app_settings
 from .models import Delivery, Endpoint, Subscription
 
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")
-RESERVED_HEADERS = {
-    "host",
-    "content-length",
-    "content-type",
-    "transfer-encoding",
-    "connection",
-    "user-agent",
-}
-RESERVED_HEADER_PREFIXES = ("webhook-", "x-webhook-")
+RESERVED_HEADERS = headers_policy.RESERVED
+RESERVED_HEADER_PREFIXES = headers_policy.RESERVED_PREFIXES
 MAX_PAYLOAD_FIELDS = 50
 UPDATABLE = (
     "name",
@@ -74,31 +66,27 @@ def _clean_events(value: Any) -> dict[str, bool]:
     return toggles
 
 
-def _clean_headers(value: Any) -> dict[str, str]:
+def _clean_headers(value: Any, current: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Name/value pairs that can always be sent (see ``headers.py``). ``current``: the
+    endpoint's present values; a value submitted still masked keeps its present value."""
     if value in (None, ""):
         return {}
     if not isinstance(value, Mapping):
         raise ValidationError("Give headers as name/value pairs.", code="invalid")
+    if current:
+        value = headers_policy.unmask(dict(value), dict(current))
     cleaned = {}
     for name, val in value.items():
-        if not isinstance(name, str) or not _HEADER_NAME.match(name):
-            raise ValidationError(
-                "%(name)r is not a valid header name.", code="invalid", params={"name": name}
-            )
-        lower = name.lower()
-        if lower in RESERVED_HEADERS or lower.startswith(RESERVED_HEADER_PREFIXES):
-            raise ValidationError(
-                "The %(name)s header is set by webhooks_app and cannot be overridden.",
-                code="reserved",
-                params={"name": name},
-            )
-        if not isinstance(val, str) or "\r" in val or "\n" in val or len(val) > 4000:
-            raise ValidationError(
-                "The value of %(name)s must be one line of text.",
-                code="invalid",
-                params={"name": name},
-            )
+        problem = headers_policy.name_problem(name)
+        if problem:
+            code = "invalid" if "not a valid" in problem else "reserved"
+            raise ValidationError(problem, code=code)
+        problem = headers_policy.value_problem(name, val)
+        if problem:
+            raise ValidationError(problem, code="invalid")
         cleaned[name] = val
+    if len({n.lower() for n in cleaned}) != len(cleaned):
+        raise ValidationError("Each header may be given once.", code="invalid")
     if len(cleaned) > 20:
         raise ValidationError("At most 20 custom headers.", code="invalid")
     return cleaned
@@ -193,8 +181,14 @@ def _clean_field(name: str, value: Any) -> Any:
     raise ValidationError("Unknown field.", code="unknown")
 
 
-def clean_endpoint_fields(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate endpoint fields; ``ValidationError`` with one entry per bad field."""
+def clean_endpoint_fields(
+    values: Mapping[str, Any], *, endpoint: Endpoint | None = None
+) -> dict[str, Any]:
+    """Validate endpoint fields; ``ValidationError`` with one entry per bad field.
+
+    ``endpoint``: the endpoint being edited, if any (header values left masked keep its
+    present values). Header values come back in plain text.
+    """
     errors: dict[str, list] = {}
     cleaned: dict[str, Any] = {}
     for name, value in values.items():
@@ -202,12 +196,23 @@ def clean_endpoint_fields(values: Mapping[str, Any]) -> dict[str, Any]:
             errors[name] = [ValidationError("Unknown field.", code="unknown")]
             continue
         try:
+            if name == "headers":
+                current = _current_headers(endpoint) if endpoint is not None else None
+                cleaned[name] = _clean_headers(value, current)
+                continue
             cleaned[name] = _clean_field(name, value)
         except ValidationError as exc:
             errors[name] = exc.error_list
     if errors:
         raise ValidationError(errors)
     return cleaned
+
+
+def _current_headers(endpoint: Endpoint) -> dict[str, str]:
+    try:
+        return endpoint.get_headers()
+    except ValueError:
+        return {}  # undecryptable: masked values then cannot stand for anything
 
 
 def _set_subscriptions(endpoint: Endpoint, toggles: dict[str, bool]) -> None:
@@ -251,8 +256,10 @@ def create_endpoint(
     if errors:
         raise ValidationError(errors)
     toggles = cleaned.pop("events")
+    plain_headers = cleaned.pop("headers", {})
     with transaction.atomic():
         endpoint = Endpoint(tenant=tenant or "", **cleaned)
+        endpoint.set_headers(plain_headers)
         endpoint.set_secret(plaintext)
         endpoint.save()
         _set_subscriptions(endpoint, toggles)
@@ -277,10 +284,13 @@ def update_endpoint(endpoint: Endpoint, **changes: Any) -> Endpoint:
     """Change URL, events, status and options; never the secret (use rotate_secret)."""
     if "secret" in changes:
         raise ValidationError({"secret": ["The secret cannot be edited; rotate it instead."]})
-    cleaned = clean_endpoint_fields(changes)
+    cleaned = clean_endpoint_fields(changes, endpoint=endpoint)
     toggles = cleaned.pop("events", None)
     with transaction.atomic():
         for name, value in cleaned.items():
+            if name == "headers":
+                endpoint.set_headers(value)  # encrypted at rest, like the secret
+                continue
             setattr(endpoint, name, value)
         fields = [*cleaned, "updated_at"]
         if cleaned.get("is_active"):
@@ -361,8 +371,13 @@ def send_test(endpoint: Endpoint, data: Mapping[str, Any] | None = None) -> Test
         )
     delivery.endpoint = endpoint
     delivery.event = event
-    outcome = engine.attempt(delivery, endpoint.signing_secrets())
-    engine.record(token, [outcome], retry=False)
+    # Whatever fails (a secret that no longer decrypts, a header that cannot be sent) is
+    # a recorded failure with its reason: never a 500, never a row left pending.
+    outcome = engine.safe_attempt(delivery)
+    try:
+        engine.record(token, [outcome], retry=False)
+    finally:
+        engine.fail_unsent(token, [delivery.pk], outcome.response.error or "not recorded")
     delivery.refresh_from_db()
     r = outcome.response
     return TestResult(delivery, r.ok, r.status_code, r.duration_ms, r.excerpt, r.error)
@@ -372,6 +387,11 @@ def replay(delivery: Delivery) -> Delivery:
     """Start a new attempt sequence for ``delivery``: same event id, same body bytes."""
     if delivery.status == Delivery.Status.PENDING:
         raise ValidationError("This delivery is still being attempted.", code="pending")
+    if delivery.event_type == events.TEST_EVENT:
+        # Workers never send tests (a replayed one would reach them): send a new test.
+        raise ValidationError(
+            "A test delivery is not replayed; use Test to send a new one.", code="test"
+        )
     if not Endpoint.objects.filter(pk=delivery.endpoint_id, is_active=True).exists():
         raise ValidationError(
             "The endpoint is disabled; enable it before replaying.", code="inactive"
@@ -425,9 +445,7 @@ def stats(tenant: str | None = None) -> dict[str, int]:
     return queries.stats(tenant)
 
 
-def prune(
-    *, days: float | None = None, dry_run: bool = False, max_seconds: float | None = None
-):
+def prune(*, days: float | None = None, dry_run: bool = False, max_seconds: float | None = None):
     """Delete finished deliveries, their attempts and events older than ``days``
     (default ``RETENTION_DAYS``), in small batches; returns a ``PruneResult``."""
     from .retention import prune as _prune

@@ -191,7 +191,11 @@ class EndpointChangeForm(forms.ModelForm):
     headers = KeyValueField(
         label=_("Custom headers"),
         key_label="Header",
-        help_text=_("Sent with every request. Signature and content headers are reserved."),
+        help_text=_(
+            "Sent with every request. Signature, content and connection headers are "
+            "reserved. Values are stored encrypted and shown masked; leave a masked value "
+            "as it is to keep it."
+        ),
     )
     payload_extra = KeyValueField(
         label=_("Custom payload values"),
@@ -230,6 +234,10 @@ class EndpointChangeForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            # Header values are credentials: the form shows them masked, and a value left
+            # masked keeps its stored value (services.update_endpoint).
+            self.initial["headers"] = self.instance.masked_headers()
         if self.instance.pk and "events" not in self.initial:
             self.initial["events"] = {
                 s.event_type: s.enabled for s in self.instance.subscriptions.all()
@@ -243,10 +251,19 @@ class EndpointChangeForm(forms.ModelForm):
     def service_values(self) -> dict[str, Any]:
         return {k: self.cleaned_data[k] for k in SERVICE_FIELDS if k in self.cleaned_data}
 
+    def _post_clean(self) -> None:
+        # The ModelForm copies cleaned values onto the instance; header values must stay
+        # as stored (encrypted) until services resolves masked values and encrypts.
+        stored = self.instance.headers
+        super()._post_clean()
+        self.instance.headers = stored
+
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         try:
-            services.clean_endpoint_fields(self.service_values())
+            services.clean_endpoint_fields(
+                self.service_values(), endpoint=self.instance if self.instance.pk else None
+            )
         except ValidationError as exc:
             self._add_service_errors(exc)
         return cleaned

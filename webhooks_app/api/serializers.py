@@ -142,7 +142,8 @@ class EndpointSerializer(StrictSerializer):
     headers = serializers.DictField(
         child=StrictCharField(allow_blank=True, trim_whitespace=False),
         required=False,
-        help_text="Custom headers sent with every request.",
+        help_text="Custom headers sent with every request. Values are stored encrypted "
+        "and shown masked (`Bearer ••••1a2b`); send a masked value back unchanged to keep it.",
     )
     payload_extra = serializers.DictField(
         child=serializers.JSONField(),
@@ -176,6 +177,12 @@ class EndpointSerializer(StrictSerializer):
         "payload_fields": [],
         "notify_email": "",
     }
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if isinstance(instance, Endpoint):
+            data["headers"] = instance.masked_headers()  # values are credentials
+        return data
 
     def service_values(self) -> dict[str, Any]:
         """Validated data keyed as ``services`` names them."""
