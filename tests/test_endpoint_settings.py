@@ -251,3 +251,62 @@ def test_an_unsendable_stored_header_is_a_recorded_failure_never_a_500(receiver,
     assert (d.status, d.claim_token) == ("failed", "") and "Latin-1" in d.last_error
     assert receiver.received == []
     assert services.send_test(Endpoint.objects.get(pk=endpoint.pk)).ok is False
+
+
+# URLs ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:0/hook",
+        "http://127.0.0.1:{port}/ho ok",
+        "http://127.0.0.1:{port}/hook\t",
+        "http://127.0.0.1:{port}/h\x00ook",
+        "http://127.0.0.1:{port}/h\x1book",
+        "http://127.0.0.1:{port}/h\u00a0ook",
+        "http://127.0.0.1:{port}/h\x85ook",
+    ],
+)
+def test_urls_with_port_0_whitespace_or_control_characters_are_refused(url, receiver):
+    from django.core.exceptions import ValidationError
+
+    from webhooks_app import services
+
+    url = url.format(port=receiver.port)
+    with pytest.raises(ValidationError) as exc:
+        services.create_endpoint(url=url, events=["user.created"])
+    assert list(exc.value.error_dict) == ["url"]
+    client, _ = api_client()
+    r = client.post(
+        "/api/webhooks/endpoints/", {"url": url, "events": ["user.created"]}, format="json"
+    )
+    assert r.status_code == 400 and "url" in r.json()
+
+
+def test_idn_host_names_go_out_as_punycode(receiver, make_endpoint, monkeypatch):
+    import socket
+
+    from webhooks_app import signing
+
+    asked = []
+    real = socket.getaddrinfo
+
+    def resolver(host, port, *args, **kwargs):
+        if host == "127.0.0.1":  # the pinned connection itself
+            return real(host, port, *args, **kwargs)
+        asked.append(host)
+        if host == "xn--bcher-kva.example":
+            return real("127.0.0.1", port, *args, **kwargs)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    _, secret = make_endpoint(f"http://Bücher.example:{receiver.port}/hook")
+    event = emit("user.created", {"idn": True})
+    engine.drain()
+    d = Delivery.objects.get(event=event)
+    assert d.status == "succeeded", d.last_error
+    (req,) = receiver.wait_for(1)
+    assert req.header("Host") == f"xn--bcher-kva.example:{receiver.port}"
+    assert req.body == event.body.encode()
+    signing.verify(secret, req.body, req.headers)
+    assert set(asked) == {"xn--bcher-kva.example"}  # DNS never saw the Unicode form
+    assert Delivery.objects.get(event=event).status == "succeeded"

@@ -147,8 +147,8 @@ def _clean_field(name: str, value: Any) -> Any:
     if name == "url":
         if not isinstance(value, str) or not value.strip():
             raise ValidationError("Enter the URL that will receive the webhooks.", code="required")
-        transport.validate_url(value.strip())
-        return value.strip()
+        transport.validate_url(value)  # whitespace anywhere is refused, not trimmed
+        return value
     if name == "method":
         if value not in Endpoint.Method.values:
             raise ValidationError("Choose POST or GET.", code="invalid_choice")

@@ -133,6 +133,7 @@ class EndpointSerializer(StrictSerializer):
     description = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
     url = StrictCharField(
         max_length=2000,
+        trim_whitespace=False,  # services refuses whitespace in a URL, it does not guess
         help_text="Where webhooks are sent. https only unless the site allows http; "
         "private and reserved addresses are refused.",
     )
