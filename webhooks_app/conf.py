@@ -59,6 +59,15 @@ DEFAULTS: dict[str, Any] = {
     "API_THROTTLE_RATE": "30/min",
     # Django's queue name / cluster for wake-up tasks (None: the default cluster).
     "Q_CLUSTER": None,
+    # emit() refuses a body (envelope, or an endpoint's own body) larger than this many
+    # bytes of UTF-8 with a ValidationError, before anything is written. 0: no limit.
+    "MAX_PAYLOAD_BYTES": 256 * 1024,
+    # emit() refuses event data nested deeper than this many objects/arrays.
+    "MAX_PAYLOAD_DEPTH": 32,
+    # Integers beyond +-(2**53 - 1) cannot be held by a JavaScript number, so a receiver
+    # verifying JSON.stringify(JSON.parse(body)) would fail: "refuse" (ValidationError
+    # naming the path) or "string" (sent and stored as a decimal string).
+    "LARGE_INTEGERS": "refuse",
 }
 
 
@@ -177,6 +186,23 @@ class AppSettings:
     @property
     def Q_CLUSTER(self) -> str | None:
         return self._get("Q_CLUSTER")
+
+    @property
+    def MAX_PAYLOAD_BYTES(self) -> int:
+        return max(0, int(self._get("MAX_PAYLOAD_BYTES") or 0))
+
+    @property
+    def MAX_PAYLOAD_DEPTH(self) -> int:
+        return max(1, int(self._get("MAX_PAYLOAD_DEPTH")))
+
+    @property
+    def LARGE_INTEGERS(self) -> str:
+        value = self._get("LARGE_INTEGERS")
+        if value not in ("refuse", "string"):
+            raise ImproperlyConfigured(
+                "WEBHOOKS_APP['LARGE_INTEGERS'] must be \"refuse\" or \"string\"."
+            )
+        return value
 
 
 app_settings = AppSettings()
