@@ -23,9 +23,14 @@ DEFAULTS: dict[str, Any] = {
     # Seconds for a whole attempt: a 2xx within this time is a success.
     "TIMEOUT": 30.0,
     "CONNECT_TIMEOUT": 10.0,
-    # How long a worker owns the deliveries it claimed; after that another worker may
-    # send them again (a killed worker's deliveries are recovered this way).
-    "LEASE_SECONDS": 90.0,
+    # How long a claim lasts unless renewed. A live worker renews its claims (a
+    # heartbeat, about every third of this) while it sends, however long a send takes;
+    # a killed worker stops renewing, and its deliveries are sent again by another
+    # worker once this runs out: crash recovery in seconds, not minutes.
+    "LEASE_SECONDS": 8.0,
+    # Body bytes one worker holds at a time (claimed, queued or being sent); at least one
+    # delivery is always claimed, however large. Keeps worker memory flat with big events.
+    "CLAIM_MAX_BYTES": 8 * 1024 * 1024,
     # Worker side: how often each worker checks for due deliveries (retries, recovery).
     "POLL_INTERVAL": 0.5,
     # Sender threads per worker process, and how many of them one endpoint may occupy.
@@ -124,8 +129,13 @@ class AppSettings:
 
     @property
     def LEASE_SECONDS(self) -> float:
-        # Room for one whole attempt plus the time a chunk may wait for its thread.
-        return max(float(self._get("LEASE_SECONDS")), self.TIMEOUT + 5)
+        # Renewed while held, so it need not cover an attempt; below 2 s a renewal
+        # delayed by a busy database could let a live worker's claim lapse.
+        return max(float(self._get("LEASE_SECONDS")), 2.0)
+
+    @property
+    def CLAIM_MAX_BYTES(self) -> int:
+        return max(1, int(self._get("CLAIM_MAX_BYTES")))
 
     @property
     def POLL_INTERVAL(self) -> float:
