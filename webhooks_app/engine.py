@@ -22,7 +22,7 @@ from django.db import InterfaceError, OperationalError, connections, router, tra
 from django.db.models import F
 from django.utils import timezone
 
-from . import __version__, signals, signing, transport
+from . import __version__, gating, signals, signing, transport
 from .conf import app_settings
 from .models import Delivery, DeliveryAttempt, Endpoint
 
@@ -374,6 +374,12 @@ def deliver_chunk(
     remaining = list(deliveries)
     disabled = [d for d in remaining if not d.endpoint.is_active]
     remaining = [d for d in remaining if d.endpoint.is_active]
+    # A tenant that lost the feature (FEATURE_GATE / TENANT_GATE): recorded, not sent.
+    gated: list[Delivery] = []
+    if remaining and (app_settings.FEATURE_GATE or app_settings.TENANT_GATE):
+        allowed = {t: gating.sending_allowed(t) for t in {d.endpoint.tenant for d in remaining}}
+        gated = [d for d in remaining if not allowed[d.endpoint.tenant]]
+        remaining = [d for d in remaining if allowed[d.endpoint.tenant]]
     stalled = False
     try:
         while remaining:
@@ -395,6 +401,7 @@ def deliver_chunk(
                 [d.id for d in disabled],
                 "The endpoint is disabled; replay this delivery after enabling it.",
             )
+            fail_unsent(token, [d.id for d in gated], gating.FEATURE_UNAVAILABLE_AT_SEND)
     return stalled
 
 
