@@ -423,3 +423,13 @@ def delete_endpoint(endpoint: Endpoint) -> None:
 def stats(tenant: str | None = None) -> dict[str, int]:
     """Dashboard counts; kept here for site code, read through ``queries.stats``."""
     return queries.stats(tenant)
+
+
+def prune(
+    *, days: float | None = None, dry_run: bool = False, max_seconds: float | None = None
+):
+    """Delete finished deliveries, their attempts and events older than ``days``
+    (default ``RETENTION_DAYS``), in small batches; returns a ``PruneResult``."""
+    from .retention import prune as _prune
+
+    return _prune(days=days, dry_run=dry_run, max_seconds=max_seconds)
