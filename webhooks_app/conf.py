@@ -58,7 +58,20 @@ DEFAULTS: dict[str, Any] = {
     # Dotted path of a callable(request) -> tenant key for the REST API.
     "TENANT_RESOLVER": "webhooks_app.api.tenancy.default_tenant_resolver",
     # Dotted path of a callable(request, tenant) -> bool gating the feature (e.g. by plan).
+    # The API and portal pass the request; the engine asks at send time with request=None
+    # (unless TENANT_GATE is set) and records refused deliveries as failed, replayable.
     "FEATURE_GATE": None,
+    # Dotted path of a callable(tenant) -> bool the engine uses instead of
+    # FEATURE_GATE(None, tenant), for gates that need a request.
+    "TENANT_GATE": None,
+    # Customer portal (webhooks_app.portal): the template its pages extend (blocks
+    # "title" and "content"), and a callable(request, tenant) -> bool saying who in a
+    # tenant may manage webhooks (None: any authenticated user of the tenant).
+    "PORTAL_BASE_TEMPLATE": "webhooks_app/portal/base.html",
+    "PORTAL_PERMISSION": None,
+    # Seconds a portal session opened by a magic link lasts (at most; the browser
+    # session may end earlier).
+    "PORTAL_SESSION_SECONDS": 8 * 3600,
     # DRF classes for the API; None means the project's DRF defaults.
     "API_AUTHENTICATION_CLASSES": None,
     "API_PERMISSION_CLASSES": None,
@@ -198,6 +211,22 @@ class AppSettings:
         return self._get("FEATURE_GATE")
 
     @property
+    def TENANT_GATE(self) -> str | None:
+        return self._get("TENANT_GATE")
+
+    @property
+    def PORTAL_BASE_TEMPLATE(self) -> str:
+        return str(self._get("PORTAL_BASE_TEMPLATE"))
+
+    @property
+    def PORTAL_PERMISSION(self) -> str | None:
+        return self._get("PORTAL_PERMISSION")
+
+    @property
+    def PORTAL_SESSION_SECONDS(self) -> int:
+        return int(self._get("PORTAL_SESSION_SECONDS"))
+
+    @property
     def API_AUTHENTICATION_CLASSES(self) -> list[str] | None:
         return self._get("API_AUTHENTICATION_CLASSES")
 
@@ -229,7 +258,6 @@ class AppSettings:
                 "WEBHOOKS_APP['LARGE_INTEGERS'] must be \"refuse\" or \"string\"."
             )
         return value
-
 
     @property
     def KEEP_UNROUTED_EVENTS(self) -> bool:
