@@ -239,3 +239,16 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} → {self.event_public_id}"
+
+
+class MagicLinkUse(models.Model):
+    """A portal magic link that was redeemed: each link opens the portal once."""
+
+    nonce = models.CharField(max_length=64, unique=True)
+    tenant = models.CharField(max_length=100, blank=True, default="")
+    used_at = models.DateTimeField(default=timezone.now)
+    # Rows past this time can be deleted: an expired link is refused on its signature.
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"magic link {self.nonce[:8]}… ({self.tenant})"
