@@ -275,7 +275,7 @@ def release(token: str, ids: Iterable[int]) -> None:
 def request_headers(delivery: Delivery, body: bytes, keys: list[str]) -> dict[str, str]:
     endpoint = delivery.endpoint
     headers = {"User-Agent": USER_AGENT, "X-Webhook-Event": delivery.event_type}
-    if endpoint.method == Endpoint.Method.POST:
+    if delivery.send_method() == Endpoint.Method.POST:
         headers["Content-Type"] = "application/json"
     headers.update({str(k): str(v) for k, v in (endpoint.headers or {}).items()})
     headers.update(
@@ -298,10 +298,14 @@ class Outcome:
 
 def attempt(delivery: Delivery, keys: list[str]) -> Outcome:
     """Send one delivery (no database access)."""
+    method = delivery.send_method()  # the method its body was built for, not the endpoint's
     body = delivery.payload_bytes()
+    if method == Endpoint.Method.GET:
+        # Signed as it goes on the wire (older rows kept the URL's own query unescaped).
+        body = transport.wire_query(body.decode("utf-8")).encode("ascii")
     started_at = timezone.now()
     response = transport.send(
-        delivery.endpoint.method,
+        method,
         delivery.endpoint.url,
         body=body,
         headers=request_headers(delivery, body, keys),
