@@ -22,6 +22,6 @@ def decrypt_values(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("webhooks_app", "0003_idempotency_key")]
+    dependencies = [("webhooks_app", "0006_recovery")]
 
     operations = [migrations.RunPython(encrypt_values, decrypt_values)]
