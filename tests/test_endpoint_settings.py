@@ -310,3 +310,72 @@ def test_idn_host_names_go_out_as_punycode(receiver, make_endpoint, monkeypatch)
     signing.verify(secret, req.body, req.headers)
     assert set(asked) == {"xn--bcher-kva.example"}  # DNS never saw the Unicode form
     assert Delivery.objects.get(event=event).status == "succeeded"
+
+
+# Sizes -------------------------------------------------------------------------------------
+def test_custom_payload_values_are_capped_in_total_bytes(receiver, admin_client):
+    from django.core.exceptions import ValidationError
+    from django.urls import reverse
+
+    from webhooks_app import services
+
+    with webhooks(MAX_PAYLOAD_EXTRA_BYTES=1000):
+        endpoint, _ = services.create_endpoint(
+            url=receiver.url(), events=["user.created"], payload_extra={"a": "x" * 900}
+        )
+        big = {"a": "x" * 600, "b": "y" * 600}  # each fits, together they do not
+        with pytest.raises(ValidationError) as exc:
+            services.create_endpoint(url=receiver.url(), events=["user.created"], payload_extra=big)
+        (message,) = exc.value.message_dict["payload_extra"]
+        assert "at most 1000 bytes" in message
+        with pytest.raises(ValidationError):
+            services.update_endpoint(endpoint, payload_extra=big)
+        client, _ = api_client()
+        r = client.post(
+            "/api/webhooks/endpoints/",
+            {"url": receiver.url(), "events": ["user.created"], "payload_extra": big},
+            format="json",
+        )
+        assert r.status_code == 400 and "at most 1000 bytes" in r.json()["payload_extra"][0]
+        form = admin_add_form(receiver.url(), "X-A", "1")
+        form.update(payload_extra_key=["a", "b"], payload_extra_value=["x" * 600, "y" * 600])
+        r = admin_client.post(reverse("admin:webhooks_app_endpoint_add"), form)
+        assert "at most 1000 bytes" in str(r.context["adminform"].form.errors["payload_extra"])
+    # The default is a few KiB: the 2 MB of the report is refused out of the box.
+    with pytest.raises(ValidationError):
+        services.create_endpoint(
+            url=receiver.url(), events=["user.created"], payload_extra={"a": "x" * 2_000_000}
+        )
+
+
+def test_endpoints_per_tenant_are_capped(receiver, admin_client):
+    from django.core.exceptions import ValidationError
+    from django.urls import reverse
+
+    from webhooks_app import services
+    from webhooks_app.models import Endpoint
+
+    client, tenant = api_client()
+    with webhooks(MAX_ENDPOINTS_PER_TENANT=3):
+        for _ in range(3):
+            services.create_endpoint(url=receiver.url(), events=["user.created"], tenant=tenant)
+        with pytest.raises(ValidationError, match="already has 3 webhook endpoints"):
+            services.create_endpoint(url=receiver.url(), events=["user.created"], tenant=tenant)
+        r = client.post(
+            "/api/webhooks/endpoints/",
+            {"url": receiver.url(), "events": ["user.created"]},
+            format="json",
+        )
+        assert r.status_code == 400, r.content
+        assert "already has 3 webhook endpoints" in str(r.json())
+        # Another tenant is not affected; nor is editing.
+        services.create_endpoint(url=receiver.url(), events=["user.created"], tenant="other")
+        services.update_endpoint(Endpoint.objects.filter(tenant=tenant).first(), name="n")
+        for _ in range(3):
+            services.create_endpoint(url=receiver.url(), events=["user.created"])
+        r = admin_client.post(
+            reverse("admin:webhooks_app_endpoint_add"), admin_add_form(receiver.url(), "X-A", "1")
+        )
+        assert r.status_code == 200
+        assert "already has 3 webhook endpoints" in r.content.decode()
+    assert Endpoint.objects.filter(tenant=tenant).count() == 3

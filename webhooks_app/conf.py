@@ -106,6 +106,11 @@ DEFAULTS: dict[str, Any] = {
     # services.recover() (admin, API, command): bulk recoveries per tenant, "N/period"
     # with period second, minute, hour or day. None: unlimited.
     "RECOVER_RATE": "10/hour",
+    # Per endpoint: the custom payload values' size (bytes of their JSON), since they are
+    # copied into every delivery row of that endpoint. 0: no limit.
+    "MAX_PAYLOAD_EXTRA_BYTES": 8192,
+    # Endpoints one tenant may have (each emit writes a row per endpoint). 0: no limit.
+    "MAX_ENDPOINTS_PER_TENANT": 100,
 }
 
 
@@ -299,6 +304,14 @@ class AppSettings:
                 "hour or day)."
             )
         return int(number), float(seconds)
+
+    @property
+    def MAX_PAYLOAD_EXTRA_BYTES(self) -> int:
+        return max(0, int(self._get("MAX_PAYLOAD_EXTRA_BYTES") or 0))
+
+    @property
+    def MAX_ENDPOINTS_PER_TENANT(self) -> int:
+        return max(0, int(self._get("MAX_ENDPOINTS_PER_TENANT") or 0))
 
 
 app_settings = AppSettings()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
@@ -108,7 +108,18 @@ def _clean_payload_extra(value: Any) -> dict[str, Any]:
         raise ValidationError("Keys must be non-empty text.", code="invalid")
     # Datetimes, Decimals, UUIDs... are stored as DjangoJSONEncoder writes them; what
     # JSON cannot carry (NaN, sets, bytes, huge integers) is refused with its path.
-    return jsonenc.normalise(dict(value), path="payload_extra")
+    cleaned = jsonenc.normalise(dict(value), path="payload_extra")
+    cap = app_settings.MAX_PAYLOAD_EXTRA_BYTES
+    size = len(jsonenc.dumps(cleaned).encode("utf-8"))
+    if cap and size > cap:
+        # Copied into every delivery row of the endpoint: a few MB here multiply fast.
+        raise ValidationError(
+            "Custom payload values may add at most %(cap)d bytes to each payload; these "
+            "are %(size)d bytes.",
+            code="max_size",
+            params={"cap": cap, "size": size},
+        )
+    return cleaned
 
 
 def _clean_payload_fields(value: Any) -> list[str]:
@@ -251,6 +262,11 @@ def create_endpoint(
             errors["secret"] = exc.error_list
     if tenant is not None and (not isinstance(tenant, str) or len(tenant) > 100):
         errors["tenant"] = [ValidationError("The tenant must be text of at most 100 characters.")]
+    else:
+        try:
+            check_endpoint_limit(tenant or "")
+        except ValidationError as exc:
+            errors[NON_FIELD_ERRORS] = exc.error_list
     if errors:
         raise ValidationError(errors)
     toggles = cleaned.pop("events")
@@ -264,6 +280,19 @@ def create_endpoint(
         if endpoint.notify_email:
             transaction.on_commit(lambda: _confirm_creation(endpoint), robust=True)
     return endpoint, plaintext
+
+
+def check_endpoint_limit(tenant: str) -> None:
+    """``ValidationError`` when ``tenant`` has ``MAX_ENDPOINTS_PER_TENANT`` endpoints
+    (each emit writes one row per endpoint: the cap bounds what one tenant multiplies)."""
+    cap = app_settings.MAX_ENDPOINTS_PER_TENANT
+    if cap and Endpoint.objects.filter(tenant=tenant).count() >= cap:
+        raise ValidationError(
+            "This account already has %(n)d webhook endpoints, the most allowed; "
+            "delete one to add another.",
+            code="too_many_endpoints",
+            params={"n": cap},
+        )
 
 
 def _confirm_creation(endpoint: Endpoint) -> None:

@@ -293,6 +293,15 @@ class EndpointAddForm(EndpointChangeForm):
     class Meta(EndpointChangeForm.Meta):
         fields = ["tenant", *EndpointChangeForm.Meta.fields]
 
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        tenant = cleaned.get("tenant") or ""
+        try:
+            services.check_endpoint_limit(tenant)
+        except ValidationError as exc:
+            self.add_error(None, exc)
+        return cleaned
+
     def clean_secret(self) -> str:
         secret = self.cleaned_data.get("secret") or ""
         if secret:
