@@ -416,10 +416,8 @@ def replay(delivery: Delivery) -> Delivery:
     if delivery.status == Delivery.Status.PENDING:
         raise ValidationError("This delivery is still being attempted.", code="pending")
     if delivery.event_type == events.TEST_EVENT:
-        # Workers never send tests (a replayed one would reach them): send a new test.
-        raise ValidationError(
-            "A test delivery is not replayed; use Test to send a new one.", code="test"
-        )
+        # Workers never send tests: a replayed test is sent now, in this thread, as Test is.
+        return _replay_test(delivery)
     if not Endpoint.objects.filter(pk=delivery.endpoint_id, is_active=True).exists():
         raise ValidationError(
             "The endpoint is disabled; enable it before replaying.", code="inactive"
@@ -439,6 +437,30 @@ def replay(delivery: Delivery) -> Delivery:
             from .tasks import wake_workers_on_commit
 
             wake_workers_on_commit()
+    delivery.refresh_from_db()
+    return delivery
+
+
+def _replay_test(delivery: Delivery) -> Delivery:
+    token = _secrets.token_hex(16)
+    claimed = (
+        Delivery.objects.filter(pk=delivery.pk)
+        .exclude(status=Delivery.Status.PENDING)
+        .update(
+            status=Delivery.Status.PENDING,
+            sequence_attempts=0,
+            claim_token=token,
+            next_attempt_at=None,  # never due: no worker claims it
+        )
+    )
+    if not claimed:
+        raise ValidationError("This delivery is still being attempted.", code="pending")
+    row = Delivery.objects.select_related("event", "endpoint").get(pk=delivery.pk)
+    outcome = engine.safe_attempt(row)
+    try:
+        engine.record(token, [outcome], retry=False)
+    finally:
+        engine.fail_unsent(token, [row.pk], outcome.response.error or "not recorded")
     delivery.refresh_from_db()
     return delivery
 
