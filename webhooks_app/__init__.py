@@ -15,3 +15,10 @@ def emit(event_type: str, data: Any = None, *, tenant: str | None = None) -> Eve
     from .events import emit as _emit
 
     return _emit(event_type, data, tenant=tenant)
+
+
+def register_payload_format(name: str, fn: Any, **options: Any) -> None:
+    """Add a payload format endpoints can choose; see ``webhooks_app.formats``."""
+    from .formats import register_payload_format as _register
+
+    _register(name, fn, **options)

@@ -117,7 +117,7 @@ def request_headers(delivery: Delivery, body: bytes, keys: list[str]) -> dict[st
     endpoint = delivery.endpoint
     headers = {"User-Agent": USER_AGENT, "X-Webhook-Event": delivery.event_type}
     if endpoint.method == Endpoint.Method.POST:
-        headers["Content-Type"] = "application/json"
+        headers["Content-Type"] = delivery.content_type or "application/json"
     headers.update({str(k): str(v) for k, v in (endpoint.headers or {}).items()})
     headers.update(
         signing.sign_headers(

@@ -282,6 +282,14 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, when.timestamp() - time.time())
 
 
+def request_url(method: str, url: str, body: bytes) -> str:
+    """Where a request goes: for GET the body is the whole query string (the URL's own
+    parameters included, exactly the bytes that were signed); a fragment is never sent."""
+    if method == "GET":
+        return urlunsplit(urlsplit(url)._replace(query=body.decode(), fragment=""))
+    return url
+
+
 def send(method: str, url: str, *, body: bytes, headers: dict[str, str]) -> Response:
     """Send one request; never raises for network trouble, never follows redirects."""
     started = time.monotonic()
@@ -302,7 +310,7 @@ def send(method: str, url: str, *, body: bytes, headers: dict[str, str]) -> Resp
         prepared = requests.Request("GET", url, headers=headers).prepare()
         # The body is the whole query string, the URL's own parameters included: exactly
         # the bytes that were signed. A fragment is never sent.
-        prepared.url = urlunsplit(urlsplit(url)._replace(query=body.decode(), fragment=""))
+        prepared.url = request_url(method, url, body)
     else:
         prepared = requests.Request("POST", url, headers=headers, data=body).prepare()
     prepared.headers["Host"] = host_header

@@ -13,6 +13,9 @@ router.register("deliveries", views.DeliveryViewSet, basename="webhooks-delivery
 urlpatterns = [
     *router.urls,
     path("event-types/", views.EventTypeListView.as_view(), name="webhooks-event-types"),
+    path(
+        "payload-formats/", views.PayloadFormatListView.as_view(), name="webhooks-payload-formats"
+    ),
     path("stats/", views.StatsView.as_view(), name="webhooks-stats"),
     path("schema/", SchemaView.as_view(), name="webhooks-schema"),
 ]
