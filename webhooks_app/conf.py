@@ -6,6 +6,7 @@ setting ever shapes a model field or a migration.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -67,6 +68,21 @@ DEFAULTS: dict[str, Any] = {
     "API_THROTTLE_RATE": "30/min",
     # Django's queue name / cluster for wake-up tasks (None: the default cluster).
     "Q_CLUSTER": None,
+    # Write an Event row even when no endpoint is subscribed to it (e.g. for an event
+    # log). Off by default: an unrouted event writes nothing, and emit() returns an
+    # unsaved Event (pk None) carrying the id and body it would have had.
+    "KEEP_UNROUTED_EVENTS": False,
+    # emit(..., idempotency_key=...): seconds during which the same key (per tenant)
+    # returns the first event and creates nothing. 24 hours.
+    "IDEMPOTENCY_WINDOW": 86400,
+    # Finished deliveries (and their attempts, and events left without deliveries) are
+    # deleted this many days after their last attempt, by an hourly django-q2 schedule
+    # and `manage.py webhooks_prune`. Pending deliveries are never deleted. 0: keep all.
+    "RETENTION_DAYS": 30,
+    # Rows deleted per transaction, and seconds of pause between two: small batches keep
+    # SQLite's write lock short, so the site's emit() never waits long for it.
+    "PRUNE_BATCH_SIZE": 200,
+    "PRUNE_PAUSE": 0.02,
 }
 
 
@@ -197,6 +213,28 @@ class AppSettings:
     @property
     def Q_CLUSTER(self) -> str | None:
         return self._get("Q_CLUSTER")
+
+
+    @property
+    def KEEP_UNROUTED_EVENTS(self) -> bool:
+        return bool(self._get("KEEP_UNROUTED_EVENTS"))
+
+    @property
+    def IDEMPOTENCY_WINDOW(self) -> timedelta:
+        value = self._get("IDEMPOTENCY_WINDOW")
+        return value if isinstance(value, timedelta) else timedelta(seconds=float(value))
+
+    @property
+    def RETENTION_DAYS(self) -> float:
+        return float(self._get("RETENTION_DAYS") or 0)
+
+    @property
+    def PRUNE_BATCH_SIZE(self) -> int:
+        return max(1, int(self._get("PRUNE_BATCH_SIZE")))
+
+    @property
+    def PRUNE_PAUSE(self) -> float:
+        return max(0.0, float(self._get("PRUNE_PAUSE")))
 
 
 app_settings = AppSettings()
