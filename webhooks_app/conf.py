@@ -23,9 +23,14 @@ DEFAULTS: dict[str, Any] = {
     # Seconds for a whole attempt: a 2xx within this time is a success.
     "TIMEOUT": 30.0,
     "CONNECT_TIMEOUT": 10.0,
-    # How long a worker owns the deliveries it claimed; after that another worker may
-    # send them again (a killed worker's deliveries are recovered this way).
-    "LEASE_SECONDS": 90.0,
+    # How long a claim lasts unless renewed. A live worker renews its claims (a
+    # heartbeat, about every third of this) while it sends, however long a send takes;
+    # a killed worker stops renewing, and its deliveries are sent again by another
+    # worker once this runs out: crash recovery in seconds, not minutes.
+    "LEASE_SECONDS": 8.0,
+    # Body bytes one worker holds at a time (claimed, queued or being sent); at least one
+    # delivery is always claimed, however large. Keeps worker memory flat with big events.
+    "CLAIM_MAX_BYTES": 8 * 1024 * 1024,
     # Worker side: how often each worker checks for due deliveries (retries, recovery).
     "POLL_INTERVAL": 0.5,
     # Sender threads per worker process, and how many of them one endpoint may occupy.
@@ -68,6 +73,15 @@ DEFAULTS: dict[str, Any] = {
     "API_THROTTLE_RATE": "30/min",
     # Django's queue name / cluster for wake-up tasks (None: the default cluster).
     "Q_CLUSTER": None,
+    # emit() refuses a body (envelope, or an endpoint's own body) larger than this many
+    # bytes of UTF-8 with a ValidationError, before anything is written. 0: no limit.
+    "MAX_PAYLOAD_BYTES": 256 * 1024,
+    # emit() refuses event data nested deeper than this many objects/arrays.
+    "MAX_PAYLOAD_DEPTH": 32,
+    # Integers beyond +-(2**53 - 1) cannot be held by a JavaScript number, so a receiver
+    # verifying JSON.stringify(JSON.parse(body)) would fail: "refuse" (ValidationError
+    # naming the path) or "string" (sent and stored as a decimal string).
+    "LARGE_INTEGERS": "refuse",
     # Write an Event row even when no endpoint is subscribed to it (e.g. for an event
     # log). Off by default: an unrouted event writes nothing, and emit() returns an
     # unsaved Event (pk None) carrying the id and body it would have had.
@@ -123,8 +137,13 @@ class AppSettings:
 
     @property
     def LEASE_SECONDS(self) -> float:
-        # Room for one whole attempt plus the time a chunk may wait for its thread.
-        return max(float(self._get("LEASE_SECONDS")), self.TIMEOUT + 5)
+        # Renewed while held, so it need not cover an attempt; below 2 s a renewal
+        # delayed by a busy database could let a live worker's claim lapse.
+        return max(float(self._get("LEASE_SECONDS")), 2.0)
+
+    @property
+    def CLAIM_MAX_BYTES(self) -> int:
+        return max(1, int(self._get("CLAIM_MAX_BYTES")))
 
     @property
     def POLL_INTERVAL(self) -> float:
@@ -213,6 +232,23 @@ class AppSettings:
     @property
     def Q_CLUSTER(self) -> str | None:
         return self._get("Q_CLUSTER")
+
+    @property
+    def MAX_PAYLOAD_BYTES(self) -> int:
+        return max(0, int(self._get("MAX_PAYLOAD_BYTES") or 0))
+
+    @property
+    def MAX_PAYLOAD_DEPTH(self) -> int:
+        return max(1, int(self._get("MAX_PAYLOAD_DEPTH")))
+
+    @property
+    def LARGE_INTEGERS(self) -> str:
+        value = self._get("LARGE_INTEGERS")
+        if value not in ("refuse", "string"):
+            raise ImproperlyConfigured(
+                "WEBHOOKS_APP['LARGE_INTEGERS'] must be \"refuse\" or \"string\"."
+            )
+        return value
 
 
     @property

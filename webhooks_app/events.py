@@ -17,11 +17,11 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from django.core.exceptions import ValidationError
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, router, transaction
 
-from . import formats
+from . import formats, jsonenc
 from .conf import app_settings
+from .transport import wire_query
 
 logger = logging.getLogger("webhooks_app.events")
 
@@ -62,9 +62,9 @@ def check_event_type(event_type: str) -> None:
         )
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON, as ``JSON.stringify`` writes it, so receivers can re-serialise."""
-    return json.dumps(value, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False)
+# Compact JSON exactly as ``JSON.stringify`` writes it, so receivers can re-serialise
+# (see jsonenc.py); every body is built with it.
+dumps = jsonenc.dumps
 
 
 def envelope(event_id: str, event_type: str, created, tenant: str, data: Any) -> dict:
@@ -107,6 +107,8 @@ def _flatten(prefix: str, value: Any, out: list[tuple[str, str]]) -> None:
         out.append((prefix, ""))
     elif isinstance(value, bool):
         out.append((prefix, "true" if value else "false"))
+    elif isinstance(value, float):
+        out.append((prefix, jsonenc.format_number(value)))
     else:
         out.append((prefix, str(value)))
 
@@ -159,8 +161,9 @@ def endpoint_body(endpoint, env: dict, data: Any, *, test: bool = False) -> str 
     payload = formats.build(name, info, endpoint.payload_extra)
     if endpoint.method == "GET":
         pairs: list[tuple[str, str]] = []
-        _flatten("", json.loads(dumps(payload)), pairs)
-        own = urlsplit(endpoint.url).query  # e.g. ?token=... in the endpoint's URL
+        _flatten("", jsonenc.normalise(payload, path="", max_depth=200), pairs)
+        # e.g. ?token=... in the endpoint's URL, percent-encoded as it goes on the wire
+        own = wire_query(urlsplit(endpoint.url).query)
         return f"{own}&{urlencode(pairs)}" if own else urlencode(pairs)
     return dumps(payload)
 
@@ -206,17 +209,19 @@ def subscribed_endpoints(tenant: str, event_type: str, *, using: str | None = No
 
 
 def new_event(event_type: str, data: Any, tenant: str) -> tuple[Any, dict]:
-    """An unsaved Event with its body bytes fixed, and the envelope they encode."""
+    """An unsaved Event with its body bytes fixed, and the envelope they encode.
+
+    ``data`` is normalised first (datetimes, Decimals, UUIDs... as DjangoJSONEncoder
+    writes them; ``ValidationError`` for what JSON cannot carry), and ``Event.data``
+    stores the normalised form, so the row and the body say the same thing.
+    """
     from .models import Event
 
+    data = jsonenc.normalise(data, path="data")
     event = Event(tenant=tenant, event_type=event_type, data=data)
     env = envelope(event.public_id, event_type, event.created_at, tenant, data)
-    try:
-        event.body = dumps(env)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(
-            f"Event data is not JSON-serialisable: {exc}", code="invalid"
-        ) from None
+    event.body = dumps(env)
+    jsonenc.check_size(event.body)
     return event, env
 
 
@@ -336,8 +341,20 @@ def emit(
         idempotency_key = clean_idempotency_key(idempotency_key)
     data = {} if data is None else data
     tenant = tenant or ""
+    # Everything that can refuse the data runs before the first SQL statement, so a
+    # ValidationError leaves the caller's transaction usable.
     event, env = new_event(event_type, data, tenant)
+    data = event.data
     endpoints = subscribed_endpoints(tenant, event_type, using=using)
+    now = event.created_at
+    due = now + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])
+    deliveries = [
+        new_delivery(ep, event, env, data, next_attempt_at=due, created_at=now)
+        for ep in endpoints
+    ]
+    for delivery in deliveries:
+        if delivery.body is not None:
+            jsonenc.check_size(delivery.body, "The body for one of the endpoints")
     stored = bool(endpoints) or app_settings.KEEP_UNROUTED_EVENTS
     if idempotency_key is None and not stored:
         return event  # unrouted: no row, no wake-up (bounded tables)
@@ -349,15 +366,8 @@ def emit(
             if not stored:
                 return event
         event.save(using=using)
-        if endpoints:
-            now = event.created_at
-            due = now + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])
-            Delivery.objects.using(using).bulk_create(
-                [
-                    new_delivery(ep, event, env, data, next_attempt_at=due, created_at=now)
-                    for ep in endpoints
-                ]
-            )
+        if deliveries:
+            Delivery.objects.using(using).bulk_create(deliveries)
             from .tasks import wake_workers_on_commit
 
             wake_workers_on_commit(using)

@@ -18,7 +18,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
-from . import engine, events, formats, queries, signing, transport
+from . import engine, events, formats, jsonenc, queries, signing, transport
 from .conf import app_settings
 from .models import Delivery, Endpoint, Subscription
 
@@ -113,11 +113,9 @@ def _clean_payload_extra(value: Any) -> dict[str, Any]:
     # Keys the endpoint's payload format uses itself are refused by _check_shape().
     if any(not isinstance(k, str) or not k for k in value):
         raise ValidationError("Keys must be non-empty text.", code="invalid")
-    try:
-        events.dumps(value)
-    except (TypeError, ValueError):
-        raise ValidationError("Values must be JSON.", code="invalid") from None
-    return dict(value)
+    # Datetimes, Decimals, UUIDs... are stored as DjangoJSONEncoder writes them; what
+    # JSON cannot carry (NaN, sets, bytes, huge integers) is refused with its path.
+    return jsonenc.normalise(dict(value), path="payload_extra")
 
 
 def _clean_payload_fields(value: Any) -> list[str]:
