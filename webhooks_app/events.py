@@ -240,6 +240,7 @@ def new_delivery(endpoint, event, env: dict, data: Any, *, test: bool = False, *
         event_type=event.event_type,
         body=endpoint_body(endpoint, env, data, test=test),
         content_type=endpoint_content_type(endpoint),
+        method=endpoint.method,
         **fields,
     )
 

@@ -433,8 +433,9 @@ def preview(
     an existing ``event``: method, URL, headers (signatures masked) and body.
 
     Nothing is saved or sent, and the endpoint may be inactive. The request is built by
-    the code the engine sends with (``events.new_delivery``, ``engine.request_headers``,
-    ``transport.request_url``), so the preview cannot drift from the real thing.
+    the code the engine sends with (``events.new_delivery``, ``engine.wire``,
+    ``engine.request_headers``, ``transport.request_url``), so the preview cannot drift
+    from the real thing.
     """
     if event is None:
         if event_type in (None, ""):
@@ -456,7 +457,7 @@ def preview(
         )
     delivery = events.new_delivery(endpoint, event, env, data)
     delivery.endpoint = endpoint
-    body = delivery.payload_bytes()
+    method, body = engine.wire(delivery)
     headers = engine.request_headers(delivery, body, endpoint.signing_secrets())
     for name in headers:
         if name.lower() in SIGNATURE_HEADERS:
@@ -464,11 +465,11 @@ def preview(
     return PreviewRequest(
         event_type=event.event_type,
         subscribed=event.event_type in endpoint.event_types,
-        method=endpoint.method,
-        url=transport.request_url(endpoint.method, endpoint.url, body),
+        method=method,
+        url=transport.request_url(method, endpoint.url, body),
         headers=headers,
         # A GET request has no body: its payload is the URL's query string.
-        body="" if endpoint.method == Endpoint.Method.GET else body.decode("utf-8"),
+        body="" if method == Endpoint.Method.GET else body.decode("utf-8"),
     )
 
 
