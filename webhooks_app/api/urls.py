@@ -4,13 +4,14 @@ from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from . import views
-from .schema import SchemaView
+from .schema import ApiRootView, SchemaView
 
 router = SimpleRouter()
 router.register("endpoints", views.EndpointViewSet, basename="webhooks-endpoint")
 router.register("deliveries", views.DeliveryViewSet, basename="webhooks-delivery")
 
 urlpatterns = [
+    path("", ApiRootView.as_view(), name="webhooks-api-root"),
     *router.urls,
     path("event-types/", views.EventTypeListView.as_view(), name="webhooks-event-types"),
     path("stats/", views.StatsView.as_view(), name="webhooks-stats"),
