@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from io import StringIO
+from pathlib import Path
 
 import pytest
 import standardwebhooks
@@ -388,3 +389,65 @@ def test_a_gate_that_raises_at_send_time_fails_the_delivery_not_the_worker(make_
         engine.drain(10)
     d = Delivery.objects.get()
     assert d.status == "failed" and d.claim_token == "" and not receiver.received
+
+
+# The "Verify your webhooks" snippets work -------------------------------------------------
+def snippet(html: str, element_id: str) -> str:
+    import html as html_module
+
+    match = re.search(rf'<textarea[^>]*id="{element_id}"[^>]*>(.*?)</textarea>', html, re.S)
+    assert match, element_id
+    return html_module.unescape(match.group(1))
+
+
+def test_verify_snippets_accept_a_real_delivery_and_refuse_a_forged_one(
+    client, alice, make_endpoint, receiver, tmp_path
+):
+    import json
+    import shutil
+    import subprocess
+
+    from webhooks_app import services
+
+    page = client.get(url("verify")).content.decode()
+    for header in ("webhook-id", "webhook-timestamp", "webhook-signature", "X-Webhook-Signature"):
+        assert header in page
+    endpoint, secret = make_endpoint(receiver.url(), tenant=str(alice.pk))
+    services.send_test(endpoint)
+    (request,) = receiver.wait_for(1)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    # Python: the snippet as shown, with the secret filled in and a request stand-in.
+    python = snippet(page, "wh-snippet-python-text")
+    scope: dict = {"WEBHOOK_SECRET": secret, "HttpResponse": lambda status: status}
+    exec(python, scope)  # noqa: S102 - the page's own snippet is what is under test
+
+    class Request:
+        body = request.body
+
+    Request.headers = headers
+    assert scope["handle"](Request) == 204
+    Request.body = request.body.replace(b"test", b"tost")
+    assert scope["handle"](Request) == 400
+    # Node.js
+    node = shutil.which("node") or "/usr/bin/node"
+    if not Path(node).exists():
+        pytest.skip("node is not installed")
+    (tmp_path / "verify.js").write_text(snippet(page, "wh-snippet-node-text"))
+    runner = tmp_path / "run.js"
+    runner.write_text(
+        "const { verifyWebhook } = require('./verify.js');\n"
+        "const input = require('fs').readFileSync(0, 'utf8');\n"
+        "const [body, headers, secret, other] = JSON.parse(input);\n"
+        "const b = Buffer.from(body, 'base64');\n"
+        "console.log(JSON.stringify([verifyWebhook(b, headers, secret),"
+        " verifyWebhook(Buffer.concat([b, Buffer.from(' ')]), headers, secret),"
+        " verifyWebhook(b, headers, other)]));\n"
+    )
+    import base64
+
+    other = signing.generate_secret()
+    payload = json.dumps([base64.b64encode(request.body).decode(), headers, secret, other])
+    out = subprocess.run(
+        [node, str(runner)], input=payload, capture_output=True, text=True, timeout=30, check=True
+    )
+    assert json.loads(out.stdout) == [True, False, False]

@@ -255,6 +255,23 @@ class RotateSecretRequestSerializer(StrictSerializer):
     )
 
 
+class RecoverRequestSerializer(StrictSerializer):
+    since = serializers.DateTimeField(
+        help_text="Replay failed deliveries created at or after this time (ISO 8601)."
+    )
+    until = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="... and before this time; default: now."
+    )
+
+
+class RecoverResultSerializer(serializers.Serializer):
+    queued = serializers.IntegerField(
+        help_text="Failed deliveries queued to be sent again (0 when already pending)."
+    )
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField(allow_null=True)
+
+
 class RotateSecretResponseSerializer(serializers.Serializer):
     secret = serializers.CharField(help_text="The new secret. Store it now: never shown again.")
     previous_secret_expires_at = serializers.DateTimeField(
@@ -329,3 +346,20 @@ class StatsSerializer(serializers.Serializer):
     inactive = serializers.IntegerField()
     event_types = serializers.IntegerField(help_text="Distinct event types subscribed to.")
     failed_24h = serializers.IntegerField(help_text="Deliveries failed in the last 24 hours.")
+
+
+# REST Hooks (Zapier, Make, n8n) ------------------------------------------------------------
+class HookSubscribeSerializer(StrictSerializer):
+    target_url = StrictCharField(
+        max_length=2000, help_text="The URL the platform wants the event delivered to."
+    )
+    event = StrictCharField(max_length=100, help_text="One subscribable event type.")
+
+
+class HookSerializer(serializers.Serializer):
+    id = serializers.IntegerField(help_text="The subscription id (an endpoint id).")
+    target_url = serializers.CharField()
+    event = serializers.CharField()
+    secret = serializers.CharField(
+        help_text="The signing secret of the deliveries, returned this once."
+    )
