@@ -43,13 +43,17 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._per_endpoint: Counter[int] = Counter()
+        # Body bytes of the deliveries this worker holds: claims stop at CLAIM_MAX_BYTES,
+        # so memory stays flat however large the events are.
+        self._bytes = 0
         # Endpoints whose last chunk got no answer (timeout, refused): one thread each
         # until they answer again, so a dead endpoint cannot hold half the pool waiting
         # out its timeouts while healthy endpoints' deliveries queue.
         self._stalled: set[int] = set()
         # Claimed rate-limited deliveries waiting for their send slot: a heap of
-        # (monotonic due time, seq, token, endpoint id, delivery, lease deadline). Waiting
-        # holds no sender thread; a claim never books more than engine.rate_window() ahead.
+        # (monotonic due time, seq, token, endpoint id, delivery). Waiting holds no sender
+        # thread (the heartbeat keeps their lease); a claim books at most
+        # engine.rate_window() seconds ahead.
         self._timers: list[tuple] = []
         self._timer_seq = 0
         self._next_notice_flush = 0.0
@@ -85,8 +89,10 @@ class Dispatcher:
                 close_old_connections()
             self._wake.wait(self._wait_time())
             self._wake.clear()
-        self._release_timers()
-        connections.close_all()
+        try:
+            self._release_timers()
+        finally:
+            connections.close_all()
 
     def _wait_time(self) -> float:
         wait = app_settings.POLL_INTERVAL
@@ -103,14 +109,14 @@ class Dispatcher:
         with self._lock:
             while self._timers and self._timers[0][0] <= now:
                 due.append(heapq.heappop(self._timers))
-        for _when, _seq, token, endpoint_id, delivery, lease_deadline in due:
+        for _when, _seq, token, endpoint_id, delivery in due:
             with self._lock:
                 free = (
                     self._in_flight < self.threads
                     and self._per_endpoint[endpoint_id] < self._limit(endpoint_id)
                 )
             if free:
-                self._submit(token, endpoint_id, [delivery], lease_deadline)
+                self._submit(token, endpoint_id, [delivery])
             else:
                 busy.append((token, delivery.id))
         for token, delivery_id in busy:
@@ -119,15 +125,17 @@ class Dispatcher:
     def _release_timers(self) -> None:
         with self._lock:
             timers, self._timers = self._timers, []
-        for _when, _seq, token, _endpoint_id, delivery, _deadline in timers:
+        for _when, _seq, token, _endpoint_id, delivery in timers:
             engine.release(token, [delivery.id])
 
-    def _add_timer(self, token: str, endpoint_id: int, delivery, lease_deadline: float) -> None:
+    def _add_timer(self, token: str, endpoint_id: int, delivery) -> None:
         delay = (delivery.not_before - timezone.now()).total_seconds()
         with self._lock:
             self._timer_seq += 1
-            item = (time.monotonic() + delay, self._timer_seq, token, endpoint_id, delivery)
-            heapq.heappush(self._timers, (*item, lease_deadline))
+            heapq.heappush(
+                self._timers,
+                (time.monotonic() + delay, self._timer_seq, token, endpoint_id, delivery),
+            )
 
     def _flush_notices(self) -> None:
         """Now and then, mail the failure digests whose interval has ended."""
@@ -143,29 +151,42 @@ class Dispatcher:
             with self._lock:
                 free = self.threads - self._in_flight
                 saturated = [e for e, n in self._per_endpoint.items() if n >= self._limit(e)]
-            if free <= 0:
+                budget = app_settings.CLAIM_MAX_BYTES - self._bytes
+                idle = self._in_flight == 0
+            if free <= 0 or (budget <= 0 and not idle):
                 return  # a finishing chunk wakes us
             limit = free * app_settings.CHUNK_SIZE
-            token, rows = engine.claim(limit, exclude_endpoints=saturated)
+            token, rows = engine.claim(limit, exclude_endpoints=saturated, max_bytes=max(budget, 0))
             if not rows:
                 return
-            lease_deadline = time.monotonic() + app_settings.LEASE_SECONDS
+            unsent = self._hand_out(token, rows)
+            engine.release(token, unsent)
+            if len(rows) < limit or unsent:
+                return
+            if self._timers and self._timers[0][0] <= time.monotonic():
+                return  # slots came due while claiming: send those first
+
+    def _hand_out(self, token: str, rows: list) -> list[int]:
+        """Split claimed rows into chunks for free threads; return the ids handed back."""
+        submitted: set[int] = set()
+        try:
             by_endpoint: dict[int, list] = {}
             for row in rows:
                 by_endpoint.setdefault(row.endpoint_id, []).append(row)
             unsent: list[int] = []
             for endpoint_id, items in by_endpoint.items():
+                for d in items:
+                    if d.not_before:  # rate-limited: sent at its slot
+                        self._add_timer(token, endpoint_id, d)
+                        submitted.add(d.id)
+                items = [d for d in items if not d.not_before]
+                if not items:
+                    continue
                 with self._lock:
                     slots = min(
                         self._limit(endpoint_id) - self._per_endpoint[endpoint_id],
                         self.threads - self._in_flight,
                     )
-                paced = [d for d in items if d.not_before]
-                for d in paced:
-                    self._add_timer(token, endpoint_id, d, lease_deadline)
-                items = [d for d in items if not d.not_before]
-                if not items:
-                    continue
                 if slots <= 0:
                     # Never queue work behind busy threads: hand it back for any worker.
                     unsent.extend(d.id for d in items)
@@ -174,33 +195,35 @@ class Dispatcher:
                 if items[0].endpoint.ordered:
                     n_chunks = 1  # one at a time, in order
                 for i in range(n_chunks):
-                    self._submit(token, endpoint_id, items[i::n_chunks], lease_deadline)
-            engine.release(token, unsent)
-            if len(rows) < limit or unsent:
-                return
-            if self._timers and self._timers[0][0] <= time.monotonic():
-                return  # slots came due while claiming: send those first
+                    chunk = items[i::n_chunks]
+                    self._submit(token, endpoint_id, chunk)
+                    submitted.update(d.id for d in chunk)
+            return unsent
+        except Exception:
+            # Whatever went wrong, no claimed row may wait for its lease to run out.
+            engine.release(token, [d.id for d in rows if d.id not in submitted])
+            raise
 
     def _limit(self, endpoint_id: int) -> int:
         """Chunks of ``endpoint_id`` allowed in flight (call with ``self._lock`` held)."""
         return 1 if endpoint_id in self._stalled else self.per_endpoint
 
-    def _submit(self, token: str, endpoint_id: int, chunk: list, lease_deadline: float) -> None:
+    def _submit(self, token: str, endpoint_id: int, chunk: list) -> None:
+        size = sum(getattr(d, "claim_bytes", 0) for d in chunk)
         with self._lock:
             self._in_flight += 1
             self._per_endpoint[endpoint_id] += 1
+            self._bytes += size
         # The chunk keeps the claim's order: due time, or emit order for ordered endpoints.
         try:
-            self._pool.submit(self._send, token, endpoint_id, chunk, lease_deadline)
+            self._pool.submit(self._send, token, endpoint_id, chunk, size)
         except RuntimeError:  # the pool is shutting down: hand the rows back
-            self._done(endpoint_id)
+            self._done(endpoint_id, size)
             engine.release(token, [d.id for d in chunk])
 
-    def _send(self, token: str, endpoint_id: int, chunk: list, lease_deadline: float) -> None:
+    def _send(self, token: str, endpoint_id: int, chunk: list, size: int = 0) -> None:
         try:
-            stalled = engine.deliver_chunk(
-                token, chunk, stopping=self._stop.is_set, lease_deadline=lease_deadline
-            )
+            stalled = engine.deliver_chunk(token, chunk, stopping=self._stop.is_set)
             with self._lock:
                 if stalled:
                     self._stalled.add(endpoint_id)
@@ -210,11 +233,12 @@ class Dispatcher:
             logger.exception("sending a chunk of %d deliveries failed", len(chunk))
             close_old_connections()
         finally:
-            self._done(endpoint_id)
+            self._done(endpoint_id, size)
 
-    def _done(self, endpoint_id: int) -> None:
+    def _done(self, endpoint_id: int, size: int = 0) -> None:
         with self._lock:
             self._in_flight -= 1
+            self._bytes -= size
             self._per_endpoint[endpoint_id] -= 1
             if self._per_endpoint[endpoint_id] <= 0:
                 del self._per_endpoint[endpoint_id]

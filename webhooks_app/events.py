@@ -2,7 +2,8 @@
 
 ``emit()`` writes the Event and one Delivery per subscribed active endpoint in the
 caller's transaction (a transactional outbox): a rollback sends nothing, and the workers
-are woken only once the transaction has committed.
+are woken only once the transaction has committed. An event no endpoint wants writes
+nothing unless ``KEEP_UNROUTED_EVENTS`` is set.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from django.core.exceptions import ValidationError
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, router, transaction
 
+from . import jsonenc
 from .conf import app_settings
+from .transport import wire_query
 
 TEST_EVENT = "webhook.test"
 BUILTIN_EVENT_TYPES: dict[str, dict[str, Any]] = {
@@ -57,9 +59,9 @@ def check_event_type(event_type: str) -> None:
         )
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON, as ``JSON.stringify`` writes it, so receivers can re-serialise."""
-    return json.dumps(value, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False)
+# Compact JSON exactly as ``JSON.stringify`` writes it, so receivers can re-serialise
+# (see jsonenc.py); every body is built with it.
+dumps = jsonenc.dumps
 
 
 def envelope(event_id: str, event_type: str, created, tenant: str, data: Any) -> dict:
@@ -102,6 +104,8 @@ def _flatten(prefix: str, value: Any, out: list[tuple[str, str]]) -> None:
         out.append((prefix, ""))
     elif isinstance(value, bool):
         out.append((prefix, "true" if value else "false"))
+    elif isinstance(value, float):
+        out.append((prefix, jsonenc.format_number(value)))
     else:
         out.append((prefix, str(value)))
 
@@ -120,8 +124,9 @@ def endpoint_body(endpoint, env: dict, data: Any) -> str | None:
         payload.setdefault(key, value)  # never overrides the envelope's own keys
     if endpoint.method == "GET":
         pairs: list[tuple[str, str]] = []
-        _flatten("", json.loads(dumps(payload)), pairs)
-        own = urlsplit(endpoint.url).query  # e.g. ?token=... in the endpoint's URL
+        _flatten("", jsonenc.normalise(payload, path="", max_depth=200), pairs)
+        # e.g. ?token=... in the endpoint's URL, percent-encoded as it goes on the wire
+        own = wire_query(urlsplit(endpoint.url).query)
         return f"{own}&{urlencode(pairs)}" if own else urlencode(pairs)
     return dumps(payload)
 
@@ -166,34 +171,137 @@ def subscribed_endpoints(tenant: str, event_type: str, *, using: str | None = No
 
 
 def new_event(event_type: str, data: Any, tenant: str) -> tuple[Any, dict]:
-    """An unsaved Event with its body bytes fixed, and the envelope they encode."""
+    """An unsaved Event with its body bytes fixed, and the envelope they encode.
+
+    ``data`` is normalised first (datetimes, Decimals, UUIDs... as DjangoJSONEncoder
+    writes them; ``ValidationError`` for what JSON cannot carry), and ``Event.data``
+    stores the normalised form, so the row and the body say the same thing.
+    """
     from .models import Event
 
+    data = jsonenc.normalise(data, path="data")
     event = Event(tenant=tenant, event_type=event_type, data=data)
     env = envelope(event.public_id, event_type, event.created_at, tenant, data)
-    try:
-        event.body = dumps(env)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(
-            f"Event data is not JSON-serialisable: {exc}", code="invalid"
-        ) from None
+    event.body = dumps(env)
+    jsonenc.check_size(event.body)
     return event, env
 
 
-def emit(event_type: str, data: Any = None, *, tenant: str | None = None, using: str | None = None):
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def clean_idempotency_key(key: Any) -> str:
+    if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise ValidationError(
+            {"idempotency_key": [f"Give text of 1 to {MAX_IDEMPOTENCY_KEY} characters."]}
+        )
+    if "\x00" in key:
+        raise ValidationError({"idempotency_key": ["The key must not contain NUL."]})
+    return key
+
+
+def _claim_key(key: str, event, stored: bool, using: str | None):
+    """Take ``key`` for ``event``; None if taken, else the first event of the window.
+
+    One statement, ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired RETURNING``: a key
+    whose window has passed is taken over, a live one is left alone. A concurrent caller
+    with the same key waits on the unique index until the first transaction ends (then
+    sees its row), so two callers never both create the event. No exception is raised,
+    so the caller's transaction is never broken.
+    """
+    from .models import Event, IdempotencyKey
+
+    db = using or router.db_for_write(IdempotencyKey)
+    conn = connections[db]
+    q = conn.ops.quote_name
+    table = q(IdempotencyKey._meta.db_table)
+    cols = ["tenant", "key", "event_public_id", "event_type", "body", "created_at"]
+    now = event.created_at
+    cutoff = now - app_settings.IDEMPOTENCY_WINDOW
+    adapt = conn.ops.adapt_datetimefield_value
+    updates = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in cols[2:])
+    sql = (
+        f"INSERT INTO {table} ({', '.join(map(q, cols))}) VALUES (%s, %s, %s, %s, %s, %s) "
+        f"ON CONFLICT ({q('tenant')}, {q('key')}) DO UPDATE SET {updates} "
+        f"WHERE {table}.{q('created_at')} < %s RETURNING {q('id')}"
+    )
+    params = [
+        event.tenant,
+        key,
+        event.public_id,
+        event.event_type,
+        None if stored else event.body,
+        adapt(now),
+        adapt(cutoff),
+    ]
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
+        if cursor.fetchone() is not None:
+            return None
+    first = IdempotencyKey.objects.using(db).get(tenant=event.tenant, key=key)
+    found = Event.objects.using(db).filter(public_id=first.event_public_id).first()
+    if found is not None:
+        return found
+    # The first event was unrouted (not stored): rebuild what emit() returned then.
+    body = first.body or ""
+    try:
+        data = json.loads(body).get("data") if body else None
+    except (ValueError, AttributeError):
+        data = None
+    return Event(
+        public_id=first.event_public_id,
+        tenant=first.tenant,
+        event_type=first.event_type,
+        data=data,
+        body=body,
+        created_at=first.created_at,
+    )
+
+
+def emit(
+    event_type: str,
+    data: Any = None,
+    *,
+    tenant: str | None = None,
+    using: str | None = None,
+    idempotency_key: str | None = None,
+):
     """Record ``event_type`` with ``data`` for ``tenant`` and queue its deliveries.
 
     Runs in the caller's transaction; returns the :class:`~webhooks_app.models.Event`.
+    When no endpoint is subscribed, nothing is written (unless ``KEEP_UNROUTED_EVENTS``)
+    and the returned Event is unsaved: ``pk`` is None, ``public_id`` and ``body`` are set.
+    With ``idempotency_key``, a second call with the same key and tenant within
+    ``IDEMPOTENCY_WINDOW`` creates nothing and returns the first call's event (unsaved if
+    that one was unrouted); safe under concurrent callers and inside their transactions.
     Raises ``ValidationError`` for an unknown event type or data that is not JSON.
     """
     from .models import Delivery
 
     check_event_type(event_type)
+    if idempotency_key is not None:
+        idempotency_key = clean_idempotency_key(idempotency_key)
     data = {} if data is None else data
     tenant = tenant or ""
+    # Everything that can refuse the data runs before the first SQL statement, so a
+    # ValidationError leaves the caller's transaction usable.
     event, env = new_event(event_type, data, tenant)
+    data = event.data
     endpoints = subscribed_endpoints(tenant, event_type, using=using)
+    bodies = {ep.id: endpoint_body(ep, env, data) for ep in endpoints}
+    for body in bodies.values():
+        if body is not None:
+            jsonenc.check_size(body, "The body for one of the endpoints")
+    stored = bool(endpoints) or app_settings.KEEP_UNROUTED_EVENTS
+    if idempotency_key is None and not stored:
+        return event  # unrouted: no row, no wake-up (bounded tables)
     with transaction.atomic(using=using, savepoint=False):
+        if idempotency_key is not None:
+            first = _claim_key(idempotency_key, event, stored, using)
+            if first is not None:
+                return first
+            if not stored:
+                return event
         event.save(using=using)
         if endpoints:
             now = event.created_at
@@ -206,7 +314,7 @@ def emit(event_type: str, data: Any = None, *, tenant: str | None = None, using:
                         tenant=tenant,
                         event_type=event_type,
                         next_attempt_at=due,
-                        body=endpoint_body(ep, env, data),
+                        body=bodies[ep.id],
                         created_at=now,
                     )
                     for ep in endpoints
