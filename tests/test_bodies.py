@@ -207,3 +207,118 @@ def _demo_settings() -> dict:
     from django.conf import settings
 
     return dict(settings.WEBHOOKS_APP)
+
+
+# GET endpoints and method changes ----------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+def test_get_query_is_signed_exactly_as_it_goes_on_the_wire(receiver, make_endpoint):
+    from webhooks_app import engine, signing
+    from webhooks_app.models import Endpoint
+
+    endpoint, secret = make_endpoint(receiver.url("/hook?pipe=a|b&name=Zoë&pct=%2f"), method="GET")
+    # A URL stored before URLs were checked for whitespace: the space must go out encoded too.
+    Endpoint.objects.filter(pk=endpoint.pk).update(url=receiver.url("/hook?pipe=a|b&sp=x y"))
+    old = emit("user.created", {"email": "ü@b.c", "ratio": 2.0, "n": 1e-7})
+    # A row written before the fix kept the URL's own query unescaped in its body.
+    Delivery.objects.filter(event=old).update(body="sp=x y&v=|ü")
+    new = emit("user.created", {"email": "ü@b.c"})
+    engine.drain()
+    got = {r.header("webhook-id"): r for r in receiver.wait_for(2)}
+    for event in (old, new):
+        req = got[event.public_id]
+        assert req.method == "GET" and req.body == b""
+        signing.verify(secret, req.query.encode(), req.headers)
+        assert Delivery.objects.get(event=event).status == "succeeded"
+    assert got[old.public_id].query == "sp=x%20y&v=%7C%C3%BC"
+    query = got[new.public_id].query
+    assert query == Delivery.objects.get(event=new).body
+    assert query.startswith("pipe=a%7Cb&sp=x%20y&id=evt_")
+    assert "&data.email=%C3%BC%40b.c" in query
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_method_change_after_emit_never_sends_a_body_in_the_wrong_form(
+    receiver, make_endpoint
+):
+    """The rule: a delivery keeps the method its body was built for at emit time."""
+    from webhooks_app import engine, services, signing
+
+    post, post_secret = make_endpoint(receiver.url("/post"))
+    get, get_secret = make_endpoint(receiver.url("/get?k=v"), method="GET")
+    event = emit("user.created", {"email": "a@b.c"})
+    services.update_endpoint(post, method="GET")
+    services.update_endpoint(get, method="POST")
+    engine.drain()
+    by_path = {r.path: r for r in receiver.wait_for(2)}
+    as_post, as_get = by_path["/post"], by_path["/get"]
+    assert as_post.method == "POST" and as_post.body == event.body.encode()
+    assert as_post.header("Content-Type") == "application/json"
+    signing.verify(post_secret, as_post.body, as_post.headers)
+    assert as_get.method == "GET" and as_get.body == b"" and as_get.header("Content-Type") is None
+    assert as_get.query.startswith("k=v&id=" + event.public_id)
+    signing.verify(get_secret, as_get.query.encode(), as_get.headers)
+    # Events emitted after the change use the new methods.
+    receiver.received.clear()
+    later = emit("user.created", {"email": "c@d.e"})
+    engine.drain()
+    by_path = {r.path: r for r in receiver.wait_for(2)}
+    assert by_path["/post"].method == "GET" and by_path["/get"].method == "POST"
+    assert by_path["/get"].body == later.body.encode()
+
+
+# MODEL_EVENTS --------------------------------------------------------------------------------
+def _user_binding(**extra) -> dict:
+    return {
+        **_demo_settings(),
+        "MODEL_EVENTS": {
+            "auth.User": {
+                "created": "user.created",
+                "updated": "user.updated",
+                "fields": ["pk", "username", "date_joined", "last_login", "is_staff"],
+                **extra,
+            }
+        },
+    }
+
+
+@pytest.mark.django_db
+def test_a_binding_with_dates_does_not_break_the_sites_own_save(make_endpoint):
+    make_endpoint("http://127.0.0.1:9/hook", events=["user.created", "user.updated"])
+    with override_settings(WEBHOOKS_APP=_user_binding()):
+        user = get_user_model().objects.create(username="mike")
+    event = Event.objects.get(event_type="user.created")
+    assert event.data["date_joined"] == json.loads(event.body)["data"]["date_joined"]
+    assert event.data["date_joined"].endswith("Z") and event.data["last_login"] is None
+    assert event.data["id"] == user.pk
+
+
+@pytest.mark.django_db
+def test_a_login_sends_no_user_updated(client, make_endpoint):
+    make_endpoint("http://127.0.0.1:9/hook", events=["user.created", "user.updated"])
+    with override_settings(WEBHOOKS_APP=_user_binding()):
+        user = get_user_model().objects.create_user("ann", password="pw-ann-12345")
+        assert client.login(username="ann", password="pw-ann-12345")  # saves last_login
+        assert not Event.objects.filter(event_type="user.updated").exists()
+        user.email = "ann@example.com"
+        user.save()
+        assert Event.objects.filter(event_type="user.updated").count() == 1
+        user.save(update_fields=["last_login", "email"])  # an ignored field among others
+        assert Event.objects.filter(event_type="user.updated").count() == 2
+
+
+@pytest.mark.django_db
+def test_watch_fields_name_the_fields_whose_change_matters(make_endpoint):
+    make_endpoint("http://127.0.0.1:9/hook", events=["user.created", "user.updated"])
+    with override_settings(WEBHOOKS_APP=_user_binding(watch_fields=["email", "is_staff"])):
+        user = get_user_model().objects.create_user("bob", password="x" * 12)
+        user.first_name = "Bob"
+        user.save()  # not watched
+        user.save(update_fields=["first_name"])
+        assert not Event.objects.filter(event_type="user.updated").exists()
+        user.email = "bob@example.com"
+        user.save()  # a plain save that changed a watched field
+        user.is_staff = True
+        user.save(update_fields=["is_staff"])
+        user.save()  # nothing changed
+        updates = Event.objects.filter(event_type="user.updated").order_by("id")
+        assert [e.data["is_staff"] for e in updates] == [False, True]

@@ -68,7 +68,20 @@ DEFAULTS: dict[str, Any] = {
     # Dotted path of a callable(request) -> tenant key for the REST API.
     "TENANT_RESOLVER": "webhooks_app.api.tenancy.default_tenant_resolver",
     # Dotted path of a callable(request, tenant) -> bool gating the feature (e.g. by plan).
+    # The API and portal pass the request; the engine asks at send time with request=None
+    # (unless TENANT_GATE is set) and records refused deliveries as failed, replayable.
     "FEATURE_GATE": None,
+    # Dotted path of a callable(tenant) -> bool the engine uses instead of
+    # FEATURE_GATE(None, tenant), for gates that need a request.
+    "TENANT_GATE": None,
+    # Customer portal (webhooks_app.portal): the template its pages extend (blocks
+    # "title" and "content"), and a callable(request, tenant) -> bool saying who in a
+    # tenant may manage webhooks (None: any authenticated user of the tenant).
+    "PORTAL_BASE_TEMPLATE": "webhooks_app/portal/base.html",
+    "PORTAL_PERMISSION": None,
+    # Seconds a portal session opened by a magic link lasts (at most; the browser
+    # session may end earlier).
+    "PORTAL_SESSION_SECONDS": 8 * 3600,
     # DRF classes for the API; None means the project's DRF defaults.
     "API_AUTHENTICATION_CLASSES": None,
     "API_PERMISSION_CLASSES": None,
@@ -96,9 +109,10 @@ DEFAULTS: dict[str, Any] = {
     # and `manage.py webhooks_prune`. Pending deliveries are never deleted. 0: keep all.
     "RETENTION_DAYS": 30,
     # Rows deleted per transaction, and seconds of pause between two: small batches keep
-    # SQLite's write lock short, so the site's emit() never waits long for it.
-    "PRUNE_BATCH_SIZE": 200,
-    "PRUNE_PAUSE": 0.02,
+    # SQLite's write lock short, so the site's emit() never waits long for it. None: 100
+    # on SQLite, 1000 elsewhere (PostgreSQL locks only the old rows; fewer commits).
+    "PRUNE_BATCH_SIZE": None,
+    "PRUNE_PAUSE": 0.025,
 }
 
 
@@ -224,6 +238,22 @@ class AppSettings:
         return self._get("FEATURE_GATE")
 
     @property
+    def TENANT_GATE(self) -> str | None:
+        return self._get("TENANT_GATE")
+
+    @property
+    def PORTAL_BASE_TEMPLATE(self) -> str:
+        return str(self._get("PORTAL_BASE_TEMPLATE"))
+
+    @property
+    def PORTAL_PERMISSION(self) -> str | None:
+        return self._get("PORTAL_PERMISSION")
+
+    @property
+    def PORTAL_SESSION_SECONDS(self) -> int:
+        return int(self._get("PORTAL_SESSION_SECONDS"))
+
+    @property
     def API_AUTHENTICATION_CLASSES(self) -> list[str] | None:
         return self._get("API_AUTHENTICATION_CLASSES")
 
@@ -256,7 +286,6 @@ class AppSettings:
             )
         return value
 
-
     @property
     def KEEP_UNROUTED_EVENTS(self) -> bool:
         return bool(self._get("KEEP_UNROUTED_EVENTS"))
@@ -271,8 +300,9 @@ class AppSettings:
         return float(self._get("RETENTION_DAYS") or 0)
 
     @property
-    def PRUNE_BATCH_SIZE(self) -> int:
-        return max(1, int(self._get("PRUNE_BATCH_SIZE")))
+    def PRUNE_BATCH_SIZE(self) -> int | None:
+        value = self._get("PRUNE_BATCH_SIZE")
+        return None if value is None else max(1, int(value))
 
     @property
     def PRUNE_PAUSE(self) -> float:

@@ -315,6 +315,7 @@ def emit(
                         event_type=event_type,
                         next_attempt_at=due,
                         body=bodies[ep.id],
+                        method=ep.method,
                         created_at=now,
                     )
                     for ep in endpoints

@@ -376,6 +376,7 @@ def send_test(endpoint: Endpoint, data: Mapping[str, Any] | None = None) -> Test
             tenant=endpoint.tenant,
             event_type=events.TEST_EVENT,
             body=events.endpoint_body(endpoint, env, payload),
+            method=endpoint.method,
             claim_token=token,
             # No due time: no worker ever claims a test, even if this process dies.
             next_attempt_at=None,
