@@ -62,3 +62,28 @@ def test_the_apps_own_schedule_prunes_in_a_real_cluster(receiver, make_endpoint,
     assert Event.objects.filter(pk=pending.pk).exists()
     (schedule,) = Schedule.objects.filter(func="webhooks_app.tasks.prune")
     assert schedule.next_run > timezone.now()  # rescheduled an hour on
+
+
+def test_recover_through_a_real_cluster(receiver, make_endpoint, start_cluster):
+    from tests.receiver import Reply
+    from webhooks_app import services
+
+    endpoint, secret = make_endpoint(receiver.url())
+    receiver.script(*[Reply(503, b"outage")] * 3)
+    start_cluster(env={"WEBHOOKS_RETRY_SCHEDULE": "0"})
+    events = [emit("user.created", {"i": i}) for i in range(3)]
+    wait_for(lambda: Delivery.objects.filter(status="failed").count() == 3, what="three failures")
+    result = services.recover(endpoint, since=timezone.now() - timedelta(minutes=5))
+    assert result.queued == 3
+    assert services.recover(endpoint, since=timezone.now() - timedelta(minutes=5)).queued == 0
+    reqs = receiver.wait_for(6)
+    wait_for(lambda: Delivery.objects.filter(status="succeeded").count() == 3, what="recovered")
+    time.sleep(0.5)
+    assert len(receiver.received) == 6  # three failures, three recoveries, nothing twice
+    recovered = reqs[3:]
+    assert sorted(r.header("webhook-id") for r in recovered) == sorted(e.public_id for e in events)
+    for r in recovered:
+        assert (
+            r.body == next(e for e in events if e.public_id == r.header("webhook-id")).body.encode()
+        )
+        standardwebhooks.Webhook(secret).verify(r.body, r.headers)

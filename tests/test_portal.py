@@ -23,6 +23,15 @@ from webhooks_app.portal import magic_link
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    from django.core.cache import cache
+
+    cache.clear()  # throttle history outlives each test's rollback
+    yield
+    cache.clear()
+
+
 def url(name: str, *args) -> str:
     return reverse(f"webhooks_portal:{name}", args=args)
 
@@ -222,6 +231,34 @@ def test_another_tenants_ids_are_404_everywhere(client, alice, bob_client, make_
     assert Endpoint.objects.filter(pk=endpoint.pk).exists() and not receiver.received
     endpoint.refresh_from_db()
     assert endpoint.url == receiver.url()
+
+
+def test_test_and_replay_share_the_apis_per_tenant_limit(client, alice, make_endpoint, receiver):
+    from rest_framework.test import APIClient
+
+    endpoint, _ = make_endpoint(receiver.url(), tenant=str(alice.pk))
+    with webhooks_settings(API_THROTTLE_RATE="2/min"):
+        assert client.post(url("test", endpoint.pk)).status_code == 302
+        api = APIClient()
+        api.force_authenticate(alice)
+        assert api.post(f"/api/webhooks/endpoints/{endpoint.pk}/test/").status_code == 200
+        refused = client.post(url("test", endpoint.pk))
+        assert refused.status_code == 429 and "Too many requests" in refused.content.decode()
+    assert len(receiver.wait_for(2)) == 2
+
+
+def test_awkward_input_is_never_a_server_error(client, alice, make_endpoint, receiver):
+    endpoint, _ = make_endpoint(receiver.url(), tenant=str(alice.pk), name="Zürich ✓")
+    assert "Zürich ✓" in client.get(url("list"), {"q": "zürich"}).content.decode()
+    for params in ({"q": "a\x00b"}, {"q": "x" * 5000}, {"status": "\x00"}, {"page": "-1"}):
+        assert client.get(url("list"), params).status_code == 200, params
+    for params in ({"before": "\x00"}, {"after": "9" * 40}, {"status": "nope"}):
+        assert client.get(url("history", endpoint.pk), params).status_code == 200, params
+    assert client.get(url("test", endpoint.pk), {"result": "1\x00"}).status_code == 200
+    nul = create(client, receiver.url(), name="a\x00b", secret="s" * 31 + "\x00")
+    assert nul.status_code == 200 and {"name", "secret"} <= set(nul.context["form"].errors)
+    assert client.get(url("magic", "a\x00b")).status_code == 403
+    assert Endpoint.objects.count() == 1
 
 
 def test_csrf_is_required_on_every_post(alice, make_endpoint, receiver):

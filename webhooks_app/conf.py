@@ -113,6 +113,9 @@ DEFAULTS: dict[str, Any] = {
     # on SQLite, 1000 elsewhere (PostgreSQL locks only the old rows; fewer commits).
     "PRUNE_BATCH_SIZE": None,
     "PRUNE_PAUSE": 0.025,
+    # services.recover() (admin, API, command): bulk recoveries per tenant, "N/period"
+    # with period second, minute, hour or day. None: unlimited.
+    "RECOVER_RATE": "10/hour",
 }
 
 
@@ -307,6 +310,21 @@ class AppSettings:
     @property
     def PRUNE_PAUSE(self) -> float:
         return max(0.0, float(self._get("PRUNE_PAUSE")))
+
+    @property
+    def RECOVER_RATE(self) -> tuple[int, float] | None:
+        """(number, seconds) from "N/period", or None for no limit."""
+        value = self._get("RECOVER_RATE")
+        if not value:
+            return None
+        number, _, period = str(value).partition("/")
+        seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(period[:1].lower())
+        if seconds is None:
+            raise ImproperlyConfigured(
+                "WEBHOOKS_APP['RECOVER_RATE'] must look like '10/hour' (second, minute, "
+                "hour or day)."
+            )
+        return int(number), float(seconds)
 
 
 app_settings = AppSettings()

@@ -317,3 +317,24 @@ class MagicLinkUse(models.Model):
 
     def __str__(self) -> str:
         return f"magic link {self.nonce[:8]}… ({self.tenant})"
+
+
+class Recovery(models.Model):
+    """One bulk recovery ("replay every failed delivery since T"): the per-tenant throttle
+    counts these rows, so it holds across processes and hosts, and they are the record
+    of who recovered what."""
+
+    tenant = models.CharField(max_length=100, blank=True, default="")
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="recoveries")
+    since = models.DateTimeField()
+    until = models.DateTimeField(null=True, blank=True)
+    queued = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = _("recoveries")
+        indexes = [models.Index(fields=["tenant", "created_at"], name="webhooks_recovery_tenant")]
+
+    def __str__(self) -> str:
+        return f"recovery of {self.endpoint_id} since {self.since:%Y-%m-%d %H:%M}"

@@ -447,11 +447,135 @@ def stats(tenant: str | None = None) -> dict[str, int]:
     return queries.stats(tenant)
 
 
-def prune(
-    *, days: float | None = None, dry_run: bool = False, max_seconds: float | None = None
-):
+def prune(*, days: float | None = None, dry_run: bool = False, max_seconds: float | None = None):
     """Delete finished deliveries, their attempts and events older than ``days``
     (default ``RETENTION_DAYS``), in small batches; returns a ``PruneResult``."""
     from .retention import prune as _prune
 
     return _prune(days=days, dry_run=dry_run, max_seconds=max_seconds)
+
+
+# Bulk recovery ---------------------------------------------------------------------------
+RECOVER_BATCH = 500
+
+
+class RecoverThrottled(ValidationError):
+    """Too many recoveries for this tenant; ``wait`` is seconds until the next is allowed."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(
+            "Too many recoveries for this account; try again in %(wait)d seconds.",
+            code="throttled",
+            params={"wait": max(1, int(wait + 0.999))},
+        )
+        self.wait = wait
+
+
+@dataclass
+class RecoverResult:
+    queued: int
+    since: Any
+    until: Any
+
+
+def _clean_moment(value: Any, name: str) -> Any:
+    """A timezone-aware datetime from a datetime or an ISO 8601 string."""
+    from datetime import datetime
+
+    from django.utils.dateparse import parse_datetime
+
+    if isinstance(value, str):
+        try:
+            parsed = parse_datetime(value.strip())
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            raise ValidationError({name: ["Give a date and time (ISO 8601)."]})
+        value = parsed
+    if not isinstance(value, datetime):
+        raise ValidationError({name: ["Give a date and time."]})
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value)
+    return value
+
+
+def recover(endpoint: Endpoint, *, since: Any, until: Any = None) -> RecoverResult:
+    """Replay every failed delivery of ``endpoint`` created in [since, until) (Svix's
+    "recover failed messages since"): same event ids, same body bytes, a new attempt
+    sequence each, sent in the order they were created.
+
+    Idempotent: deliveries already pending again are not touched, so a second call
+    queues nothing new. Throttled per tenant (``RECOVER_RATE``, counted in the database,
+    so it holds across processes): raises :class:`RecoverThrottled`. Rows are queued in
+    batches of ``RECOVER_BATCH``, each its own short transaction.
+    """
+    from .models import Recovery
+
+    errors: dict[str, list] = {}
+    try:
+        since = _clean_moment(since, "since")
+    except ValidationError as exc:
+        errors.update(exc.error_dict)
+    if until is not None:
+        try:
+            until = _clean_moment(until, "until")
+        except ValidationError as exc:
+            errors.update(exc.error_dict)
+    now = timezone.now()
+    if not errors:
+        if since > now:
+            errors["since"] = [ValidationError("The start lies in the future.")]
+        elif until is not None and until <= since:
+            errors["until"] = [ValidationError("The end must come after the start.")]
+    if errors:
+        raise ValidationError(errors)
+    if not Endpoint.objects.filter(pk=endpoint.pk, is_active=True).exists():
+        raise ValidationError(
+            "The endpoint is disabled; enable it before recovering.", code="inactive"
+        )
+    rate = app_settings.RECOVER_RATE
+    with transaction.atomic():
+        if rate:
+            number, period = rate
+            recent = list(
+                Recovery.objects.filter(
+                    tenant=endpoint.tenant, created_at__gt=now - timedelta(seconds=period)
+                )
+                .order_by("-created_at")
+                .values_list("created_at", flat=True)[:number]
+            )
+            if len(recent) >= number:
+                oldest = recent[-1]
+                raise RecoverThrottled((oldest + timedelta(seconds=period) - now).total_seconds())
+        record = Recovery.objects.create(
+            tenant=endpoint.tenant, endpoint=endpoint, since=since, until=until, created_at=now
+        )
+    failed = Delivery.objects.filter(
+        endpoint=endpoint, status=Delivery.Status.FAILED, created_at__gte=since
+    )
+    if until is not None:
+        failed = failed.filter(created_at__lt=until)
+    queued, last_id = 0, 0
+    due = now + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])
+    while True:
+        ids = list(
+            failed.filter(id__gt=last_id)
+            .order_by("id")
+            .values_list("id", flat=True)[:RECOVER_BATCH]
+        )
+        if not ids:
+            break
+        last_id = ids[-1]
+        with transaction.atomic():
+            queued += Delivery.objects.filter(id__in=ids, status=Delivery.Status.FAILED).update(
+                status=Delivery.Status.PENDING,
+                sequence_attempts=0,
+                claim_token="",
+                next_attempt_at=due,
+            )
+    Recovery.objects.filter(pk=record.pk).update(queued=queued)
+    if queued:
+        from .tasks import wake_workers_on_commit
+
+        wake_workers_on_commit()  # at once, or when the caller's transaction commits
+    return RecoverResult(queued, since, until)

@@ -254,6 +254,11 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
                 name=f"{prefix}_rotate_secret",
             ),
             path(
+                "<path:object_id>/recover/",
+                wrap(self.recover_view),
+                name=f"{prefix}_recover",
+            ),
+            path(
                 "<path:object_id>/history/replay/",
                 wrap(self.replay_selected_view),
                 name=f"{prefix}_replay_selected",

@@ -302,3 +302,21 @@ class RotateSecretForm(forms.Form):
             "old and the new secret, so receivers can switch without dropping webhooks."
         ),
     )
+
+
+class RecoverForm(forms.Form):
+    """Bulk recovery: the window of failed deliveries to send again."""
+
+    since = forms.DateTimeField(
+        label=_("Failed since"),
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"],
+        help_text=_("Deliveries created at or after this time (server time zone)."),
+    )
+    until = forms.DateTimeField(
+        label=_("Until"),
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"],
+        help_text=_("Leave empty for up to now."),
+    )

@@ -1,4 +1,4 @@
-"""The endpoint admin's extra pages: Test, Rotate secret, delivery history, replay.
+"""The endpoint admin's extra pages: Test, Rotate secret, delivery history, replay, recover.
 
 Each follows ``UserAdmin.user_change_password``: it gets the object, checks the
 permission, changes data only on POST through a service, logs it, messages, redirects.
@@ -10,6 +10,7 @@ kept nowhere else (no session, no message), so reloading cannot show it again.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from django.contrib import messages
@@ -20,6 +21,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 
@@ -27,7 +29,7 @@ from .. import queries, services
 from ..events import TEST_EVENT, event_types
 from ..models import Delivery, Endpoint
 from .display import status_badge
-from .forms import RotateSecretForm
+from .forms import RecoverForm, RotateSecretForm
 
 HISTORY_PAGE_SIZE = queries.HISTORY_PAGE_SIZE
 
@@ -240,3 +242,37 @@ class EndpointPagesMixin:
         for problem in problems:
             self.message_user(request, problem, messages.WARNING)
         return back
+
+    def recover_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """GET: the window form; POST: ``services.recover`` every failed delivery in it."""
+        obj = self._get_endpoint(request, object_id, change=True)
+        initial = {"since": timezone.localtime() - timedelta(days=1)}
+        form = RecoverForm(request.POST or None, initial=initial)
+        if request.method == "POST" and form.is_valid():
+            try:
+                result = services.recover(
+                    obj, since=form.cleaned_data["since"], until=form.cleaned_data["until"]
+                )
+            except ValidationError as exc:
+                if hasattr(exc, "error_dict"):
+                    for field, errors in exc.error_dict.items():
+                        form.add_error(field if field in form.fields else None, errors)
+                else:
+                    form.add_error(None, exc)
+            else:
+                msg = _("%(n)d failed deliveries queued to be sent again.") % {"n": result.queued}
+                self.log_change(request, obj, str(msg))
+                self.message_user(request, msg, messages.SUCCESS)
+                url = reverse("admin:webhooks_app_endpoint_history", args=[obj.pk])
+                return HttpResponseRedirect(f"{url}?status=pending")
+        failed = queries.deliveries(endpoint=obj).filter(status=Delivery.Status.FAILED)
+        count, capped = queries.capped_count(failed)
+        context = self._context(
+            request,
+            obj,
+            _("Recover failed deliveries"),
+            form=form,
+            failed_count=count,
+            failed_capped=capped,
+        )
+        return TemplateResponse(request, "webhooks_app/admin/endpoint/recover.html", context)

@@ -274,6 +274,23 @@ class RotateSecretRequestSerializer(StrictSerializer):
     )
 
 
+class RecoverRequestSerializer(StrictSerializer):
+    since = serializers.DateTimeField(
+        help_text="Replay failed deliveries created at or after this time (ISO 8601)."
+    )
+    until = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="... and before this time; default: now."
+    )
+
+
+class RecoverResultSerializer(serializers.Serializer):
+    queued = serializers.IntegerField(
+        help_text="Failed deliveries queued to be sent again (0 when already pending)."
+    )
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField(allow_null=True)
+
+
 class RotateSecretResponseSerializer(serializers.Serializer):
     secret = serializers.CharField(help_text="The new secret. Store it now: never shown again.")
     previous_secret_expires_at = serializers.DateTimeField(

@@ -17,7 +17,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, PermissionDenied
+from rest_framework.exceptions import APIException, PermissionDenied, Throttled
 from rest_framework.exceptions import ValidationError as DRFValidationError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -251,6 +251,35 @@ class EndpointViewSet(
                 {"secret": secret, "previous_secret_expires_at": expires}
             ).data
         )
+
+    @extend_schema(
+        summary="Recover failed deliveries",
+        description="Replays every failed delivery of this endpoint created in "
+        "[since, until): same event ids, same bytes. Calling it twice queues nothing new. "
+        "Limited per tenant (`RECOVER_RATE`).",
+        request=s.RecoverRequestSerializer,
+        responses={
+            202: s.RecoverResultSerializer,
+            **BAD_REQUEST,
+            **COMMON_ERRORS,
+            **NOT_FOUND,
+            **CONFLICT,
+            **THROTTLED,
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def recover(self, request: Request, pk: str | None = None) -> Response:
+        endpoint = self.get_object()
+        values = _validated(s.RecoverRequestSerializer, request)
+        try:
+            result = services.recover(endpoint, since=values["since"], until=values.get("until"))
+        except services.RecoverThrottled as exc:
+            raise Throttled(wait=exc.wait) from None
+        except DjangoValidationError as exc:
+            if hasattr(exc, "error_dict"):
+                raise
+            raise Conflict(" ".join(exc.messages)) from None  # a disabled endpoint
+        return Response(s.RecoverResultSerializer(result).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
         summary="List an endpoint's deliveries",
