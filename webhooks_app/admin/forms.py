@@ -234,6 +234,8 @@ class EndpointChangeForm(forms.ModelForm):
             "payload_extra",
             "payload_fields",
             "payload_format",
+            "rate_limit",
+            "ordered",
         ]
         widgets = {
             "url": forms.URLInput(attrs={"class": "vURLField", "placeholder": "https://"}),

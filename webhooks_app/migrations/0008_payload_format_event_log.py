@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('webhooks_app', '0006_recovery'),
+        ('webhooks_app', '0007_endpoint_flow_control'),
     ]
 
     operations = [
