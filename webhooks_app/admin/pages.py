@@ -1,4 +1,5 @@
-"""The endpoint admin's extra pages: Test, Rotate secret, delivery history, replay, recover.
+"""The endpoint admin's extra pages: Test, Preview, Rotate secret, delivery history, replay,
+recover.
 
 Each follows ``UserAdmin.user_change_password``: it gets the object, checks the
 permission, changes data only on POST through a service, logs it, messages, redirects.
@@ -13,6 +14,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
+from django import forms
 from django.contrib import messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -50,6 +52,14 @@ class EndpointPagesMixin:
             raise PermissionDenied
         return obj
 
+    def _page_media(self) -> forms.Media:
+        """The admin's media without Django's actions.js: these pages have no action
+        form of Django's (actions.js expects its ``button[name=index]`` and threw on the
+        history page); admin.js does their select-all."""
+        media = self.media
+        js = [j for j in media._js if not str(j).endswith("admin/js/actions.js")]
+        return forms.Media(css=media._css, js=js)
+
     def _context(self, request: HttpRequest, obj: Endpoint, title: str, **extra: Any) -> dict:
         return {
             **self.admin_site.each_context(request),
@@ -57,7 +67,7 @@ class EndpointPagesMixin:
             "original": obj,
             "title": title,
             "subtitle": str(obj),
-            "media": self.media,
+            "media": self._page_media(),
             "wh_can_change": self.has_change_permission(request, obj),
             **extra,
         }
@@ -103,6 +113,38 @@ class EndpointPagesMixin:
             example=json.dumps(event_types()[TEST_EVENT]["example"], indent=2),
         )
         return TemplateResponse(request, "webhooks_app/admin/endpoint/test.html", context)
+
+    def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """GET only: what this endpoint would receive for the chosen type's example."""
+        obj = self._get_endpoint(request, object_id, change=False)
+        subscribed = set(obj.event_types)
+        types = sorted(event_types())
+        # Subscribed types first, then the others (and the built-in test event).
+        ordered = [t for t in types if t in subscribed] + [t for t in types if t not in subscribed]
+        type_choices = [
+            (t, t if t in subscribed else _("%(type)s (not subscribed)") % {"type": t})
+            for t in ordered
+        ]
+        preview, error, pretty = None, None, ""
+        try:
+            preview = services.preview(obj, request.GET.get("event_type") or None)
+        except ValidationError as exc:
+            error = " ".join(exc.messages)
+        if preview and preview.body:
+            try:
+                pretty = json.dumps(json.loads(preview.body), indent=2, ensure_ascii=False)
+            except ValueError:
+                pretty = ""
+        context = self._context(
+            request,
+            obj,
+            _("Preview"),
+            preview=preview,
+            error=error,
+            pretty=pretty,
+            type_choices=type_choices,
+        )
+        return TemplateResponse(request, "webhooks_app/admin/endpoint/preview.html", context)
 
     def rotate_secret_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         obj = self._get_endpoint(request, object_id, change=True)

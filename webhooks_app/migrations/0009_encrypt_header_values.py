@@ -22,6 +22,6 @@ def decrypt_values(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("webhooks_app", "0006_recovery")]
+    dependencies = [("webhooks_app", "0008_payload_format_event_log")]
 
     operations = [migrations.RunPython(encrypt_values, decrypt_values)]
