@@ -379,3 +379,31 @@ def test_endpoints_per_tenant_are_capped(receiver, admin_client):
         assert r.status_code == 200
         assert "already has 3 webhook endpoints" in r.content.decode()
     assert Endpoint.objects.filter(tenant=tenant).count() == 3
+
+
+def test_a_worker_holds_at_most_claim_max_bytes_of_large_events(receiver, make_endpoint):
+    """The dispatcher's claims stop at CLAIM_MAX_BYTES across all its busy threads."""
+    import time
+
+    from tests.receiver import Reply
+    from webhooks_app import dispatcher
+
+    make_endpoint(receiver.url())
+    receiver.default = Reply(200, delay=0.05)
+    events = [emit("user.created", {"blob": "z" * 100_000, "n": i}) for i in range(30)]
+    held = []
+    with webhooks(CLAIM_MAX_BYTES=350_000, SENDER_THREADS=8, ENDPOINT_CONCURRENCY=8):
+        d = dispatcher.Dispatcher()
+        d.start()
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                held.append(Delivery.objects.exclude(claim_token="").count())
+                if not Delivery.objects.exclude(status="succeeded").exists():
+                    break
+                time.sleep(0.01)
+        finally:
+            d.stop(timeout=30)
+    assert len(receiver.wait_for(30)) == 30
+    assert Delivery.objects.filter(event__in=events, status="succeeded").count() == 30
+    assert 1 <= max(held) <= 3, max(held)  # 3 x ~100 kB fit in 350 kB; 30 would on main

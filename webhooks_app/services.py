@@ -520,10 +520,13 @@ def preview(
     delivery = events.new_delivery(endpoint, event, env, data)
     delivery.endpoint = endpoint
     method, body = engine.wire(delivery)
-    headers = engine.request_headers(delivery, body, endpoint.signing_secrets())
+    custom = endpoint.get_headers()
+    headers = engine.request_headers(delivery, body, endpoint.signing_secrets(), custom)
     for name in headers:
         if name.lower() in SIGNATURE_HEADERS:
             headers[name] = mask_signature(headers[name])
+        elif name in custom:  # credentials: shown masked, as everywhere else
+            headers[name] = headers_policy.mask(headers[name])
     return PreviewRequest(
         event_type=event.event_type,
         subscribed=event.event_type in endpoint.event_types,
