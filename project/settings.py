@@ -169,9 +169,10 @@ WEBHOOKS_APP = {
     },
 }
 
-# A plan check for the engine (WEBHOOKS_APP["TENANT_GATE"]); the cluster tests set it.
-if env("WEBHOOKS_TENANT_GATE", default=""):
-    WEBHOOKS_APP["TENANT_GATE"] = env("WEBHOOKS_TENANT_GATE")
+# Plan checks (WEBHOOKS_APP["FEATURE_GATE"] / ["TENANT_GATE"]); the cluster tests set them.
+for _gate in ("FEATURE_GATE", "TENANT_GATE"):
+    if env(f"WEBHOOKS_{_gate}", default=""):
+        WEBHOOKS_APP[_gate] = env(f"WEBHOOKS_{_gate}")
 
 # The demo runs single-tenant (./dev demo sets this) so the admin user's API calls see the
 # seeded endpoint; the tests use the app's default resolver (one tenant per user).

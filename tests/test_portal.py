@@ -100,7 +100,7 @@ def test_create_shows_secret_once_and_scopes_to_the_users_tenant(client, alice, 
     assert 'value="user.created"' in form and "A user signed up." in form
     assert "webhook.test" not in form  # only Test sends it
     assert 'name="payload_fields"' in form  # the admin's options are here too
-    response = create(client, receiver.url())
+    response = create(client, receiver.url(), tenant="someone-else")  # ignored
     assert response.status_code == 200
     assert response["Cache-Control"] == "no-store, private"
     secret = secret_of(response)
@@ -488,3 +488,12 @@ def test_verify_snippets_accept_a_real_delivery_and_refuse_a_forged_one(
         [node, str(runner)], input=payload, capture_output=True, text=True, timeout=30, check=True
     )
     assert json.loads(out.stdout) == [True, False, False]
+
+
+def test_portal_forms_offer_every_option_of_the_admin_forms():
+    from webhooks_app.admin.forms import EndpointAddForm, EndpointChangeForm
+    from webhooks_app.portal.forms import PortalCreateForm, PortalEditForm
+
+    assert set(PortalEditForm().fields) == set(EndpointChangeForm().fields) - {"tenant"}
+    assert set(PortalCreateForm().fields) == set(EndpointAddForm().fields) - {"tenant"}
+    assert "secret" in PortalCreateForm().fields and "tenant" not in PortalCreateForm().fields

@@ -13,6 +13,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
+from django import forms
 from django.contrib import messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -50,6 +51,14 @@ class EndpointPagesMixin:
             raise PermissionDenied
         return obj
 
+    def _page_media(self) -> forms.Media:
+        """The admin's media without Django's actions.js: these pages have no action
+        form of Django's (actions.js expects its ``button[name=index]`` and threw on the
+        history page); admin.js does their select-all."""
+        media = self.media
+        js = [j for j in media._js if not str(j).endswith("admin/js/actions.js")]
+        return forms.Media(css=media._css, js=js)
+
     def _context(self, request: HttpRequest, obj: Endpoint, title: str, **extra: Any) -> dict:
         return {
             **self.admin_site.each_context(request),
@@ -57,7 +66,7 @@ class EndpointPagesMixin:
             "original": obj,
             "title": title,
             "subtitle": str(obj),
-            "media": self.media,
+            "media": self._page_media(),
             "wh_can_change": self.has_change_permission(request, obj),
             **extra,
         }

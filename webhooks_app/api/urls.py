@@ -4,7 +4,7 @@ from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from . import views
-from .schema import SchemaView
+from .schema import ApiRootView, SchemaView
 
 router = SimpleRouter()
 router.register("endpoints", views.EndpointViewSet, basename="webhooks-endpoint")
@@ -12,6 +12,7 @@ router.register("deliveries", views.DeliveryViewSet, basename="webhooks-delivery
 router.register("hooks", views.HookViewSet, basename="webhooks-hook")
 
 urlpatterns = [
+    path("", ApiRootView.as_view(), name="webhooks-api-root"),
     *router.urls,
     path("event-types/", views.EventTypeListView.as_view(), name="webhooks-event-types"),
     path(
