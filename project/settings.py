@@ -157,6 +157,10 @@ WEBHOOKS_APP = {
     "POLL_INTERVAL": env.float("WEBHOOKS_POLL_INTERVAL", default=0.5),
     "SENDER_THREADS": env.int("WEBHOOKS_SENDER_THREADS", default=8),
     "AUTO_DISABLE_AFTER": env.int("WEBHOOKS_AUTO_DISABLE_AFTER", default=0),
+    "BREAKER_THRESHOLD": env.int("WEBHOOKS_BREAKER_THRESHOLD", default=10),
+    "BREAKER_COOLDOWN": env.float("WEBHOOKS_BREAKER_COOLDOWN", default=30.0),
+    "BREAKER_DISABLE_AFTER": env.float("WEBHOOKS_BREAKER_DISABLE_AFTER", default=0),
+    "NOTIFY_INTERVAL": env.float("WEBHOOKS_NOTIFY_INTERVAL", default=3600.0),
     # The customer portal (/webhooks/) inside the demo site's own layout and menu.
     "PORTAL_BASE_TEMPLATE": "site_base.html",
     "MODEL_EVENTS": {

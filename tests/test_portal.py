@@ -497,3 +497,13 @@ def test_portal_forms_offer_every_option_of_the_admin_forms():
     assert set(PortalEditForm().fields) == set(EndpointChangeForm().fields) - {"tenant"}
     assert set(PortalCreateForm().fields) == set(EndpointAddForm().fields) - {"tenant"}
     assert "secret" in PortalCreateForm().fields and "tenant" not in PortalCreateForm().fields
+
+
+def test_a_misspelt_hook_is_a_system_check_error():
+    from webhooks_app.checks import check_hooks
+
+    assert check_hooks() == []
+    with webhooks_settings(PORTAL_PERMISSION="tests.test_portal.nope", TENANT_GATE="os.sep"):
+        problems = check_hooks()
+    assert [p.id for p in problems] == ["webhooks_app.E020", "webhooks_app.E020"]
+    assert "PORTAL_PERMISSION" in problems[1].msg and "not callable" in problems[0].msg

@@ -95,3 +95,34 @@ def check_settings(app_configs=None, **kwargs):
                     )
                 )
     return problems
+
+
+# Hooks named by dotted path: a typo should fail at startup, not on a customer's request
+# or in a worker at send time.
+HOOK_SETTINGS = ("TENANT_RESOLVER", "FEATURE_GATE", "TENANT_GATE", "PORTAL_PERMISSION")
+
+
+@register(Tags.compatibility)
+def check_hooks(app_configs=None, **kwargs):
+    from django.utils.module_loading import import_string
+
+    problems = []
+    for name in HOOK_SETTINGS:
+        path = getattr(app_settings, name)
+        if not path:
+            continue
+        try:
+            hook = import_string(path) if isinstance(path, str) else path
+        except ImportError as exc:
+            hook, why = None, f"cannot be imported ({exc})"
+        else:
+            why = "is not callable"
+        if not callable(hook):
+            problems.append(
+                Error(
+                    f"WEBHOOKS_APP[{name!r}] = {path!r} {why}.",
+                    hint="Give the dotted path of a function, e.g. 'myapp.webhooks.has_plan'.",
+                    id="webhooks_app.E020",
+                )
+            )
+    return problems

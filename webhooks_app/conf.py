@@ -55,6 +55,16 @@ DEFAULTS: dict[str, Any] = {
     "MODEL_EVENTS": {},
     # Disable an endpoint after this many consecutive failed deliveries (0: never).
     "AUTO_DISABLE_AFTER": 0,
+    # Circuit breaker: after this many failed attempts in a row to one endpoint (any of
+    # its deliveries; 0: never) its deliveries wait; after BREAKER_COOLDOWN seconds one
+    # probe delivery is sent: success closes the breaker, failure re-opens it.
+    "BREAKER_THRESHOLD": 10,
+    "BREAKER_COOLDOWN": 30.0,
+    # Disable an endpoint whose breaker has stayed open this many seconds (0: never).
+    "BREAKER_DISABLE_AFTER": 0,
+    # At most one failure email per endpoint per this many seconds: the first failure is
+    # mailed at once, later ones are summed up in one digest when the interval ends.
+    "NOTIFY_INTERVAL": 3600.0,
     # Dotted path of a callable(request) -> tenant key for the REST API.
     "TENANT_RESOLVER": "webhooks_app.api.tenancy.default_tenant_resolver",
     # Dotted path of a callable(request, tenant) -> bool gating the feature (e.g. by plan).
@@ -205,6 +215,22 @@ class AppSettings:
     @property
     def AUTO_DISABLE_AFTER(self) -> int:
         return int(self._get("AUTO_DISABLE_AFTER") or 0)
+
+    @property
+    def BREAKER_THRESHOLD(self) -> int:
+        return max(0, int(self._get("BREAKER_THRESHOLD") or 0))
+
+    @property
+    def BREAKER_COOLDOWN(self) -> float:
+        return max(0.0, float(self._get("BREAKER_COOLDOWN")))
+
+    @property
+    def BREAKER_DISABLE_AFTER(self) -> float:
+        return max(0.0, float(self._get("BREAKER_DISABLE_AFTER") or 0))
+
+    @property
+    def NOTIFY_INTERVAL(self) -> float:
+        return max(0.0, float(self._get("NOTIFY_INTERVAL")))
 
     @property
     def TENANT_RESOLVER(self) -> str:

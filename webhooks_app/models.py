@@ -19,10 +19,18 @@ def new_event_id() -> str:
     return f"evt_{int(time.time() * 1000):011x}{secrets.token_hex(8)}"
 
 
+class BreakerState(models.TextChoices):
+    CLOSED = "closed", _("Closed")
+    OPEN = "open", _("Open")
+    HALF_OPEN = "half_open", _("Half-open")
+
+
 class Endpoint(models.Model):
     class Method(models.TextChoices):
         POST = "POST", "POST"
         GET = "GET", "GET"
+
+    BreakerState = BreakerState
 
     tenant = models.CharField(
         _("tenant"),
@@ -58,6 +66,41 @@ class Endpoint(models.Model):
     )
     disabled_reason = models.CharField(_("disabled reason"), max_length=300, blank=True)
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    # Flow control (engine.claim enforces it across every worker and host).
+    rate_limit = models.PositiveIntegerField(
+        _("rate limit"),
+        null=True,
+        blank=True,
+        help_text=_("At most this many deliveries per second; empty: no limit."),
+    )
+    ordered = models.BooleanField(
+        _("ordered delivery"),
+        default=False,
+        help_text=_(
+            "Send one delivery at a time in emit order; a failing delivery holds the later "
+            "ones until it succeeds or fails for good."
+        ),
+    )
+    breaker_state = models.CharField(
+        _("circuit breaker"),
+        max_length=10,
+        choices=BreakerState.choices,
+        default=BreakerState.CLOSED,
+        editable=False,
+    )
+    # Failed attempts in a row (any delivery); opens the breaker at BREAKER_THRESHOLD.
+    breaker_failures = models.PositiveIntegerField(default=0, editable=False)
+    # When the breaker first opened in the current incident (kept across re-opens).
+    breaker_opened_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # The claim skips this endpoint's deliveries until then: breaker open (its cool-down),
+    # a probe or an ordered delivery in flight (its lease), rate limit booked up.
+    paused_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # Rate limit: the time of the next free send slot (GCRA's theoretical arrival time).
+    next_slot_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Failure notices: when the last one was sent, and what failed since (the digest).
+    notice_sent_at = models.DateTimeField(null=True, blank=True, editable=False)
+    notice_failures = models.PositiveIntegerField(default=0, editable=False)
+    notice_last_error = models.TextField(blank=True, default="", editable=False)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -65,7 +108,15 @@ class Endpoint(models.Model):
         ordering = ["-id"]
         verbose_name = _("webhook endpoint")
         verbose_name_plural = _("webhook endpoints")
-        indexes = [models.Index(fields=["tenant", "is_active"], name="webhooks_ep_tenant_active")]
+        indexes = [
+            models.Index(fields=["tenant", "is_active"], name="webhooks_ep_tenant_active"),
+            # The claim's "skip paused endpoints" subquery reads only paused rows.
+            models.Index(
+                fields=["paused_until"],
+                condition=Q(paused_until__isnull=False),
+                name="webhooks_ep_paused",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name or self.url

@@ -44,7 +44,10 @@ UPDATABLE = (
     "payload_fields",
     "events",
     "notify_email",
+    "rate_limit",
+    "ordered",
 )
+MAX_RATE_LIMIT = 10_000  # deliveries per second
 
 
 def reserved_payload_keys() -> set[str]:
@@ -171,7 +174,19 @@ def _clean_field(name: str, value: Any) -> Any:
         if name == "name" and len(value) > 200:
             raise ValidationError("At most 200 characters.", code="max_length")
         return value.strip()
-    if name == "is_active":
+    if name == "rate_limit":
+        if value in (None, ""):
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError("Give a whole number of deliveries per second.", code="invalid")
+        if not 1 <= value <= MAX_RATE_LIMIT:
+            raise ValidationError(
+                "Between 1 and %(max)d deliveries per second (empty: no limit).",
+                code="invalid",
+                params={"max": MAX_RATE_LIMIT},
+            )
+        return value
+    if name in ("is_active", "ordered"):
         if not isinstance(value, bool):
             raise ValidationError("Must be true or false.", code="invalid")
         return value
@@ -285,6 +300,14 @@ def update_endpoint(endpoint: Endpoint, **changes: Any) -> Endpoint:
             endpoint.disabled_reason = ""
             endpoint.consecutive_failures = 0
             fields += ["disabled_reason", "consecutive_failures"]
+            if not Endpoint.objects.filter(pk=endpoint.pk, is_active=True).exists():
+                # Enabling a disabled endpoint starts afresh: breaker closed, no pause.
+                endpoint.breaker_state = Endpoint.BreakerState.CLOSED
+                endpoint.breaker_failures = 0
+                endpoint.breaker_opened_at = None
+                endpoint.paused_until = None
+                fields += ["breaker_state", "breaker_failures", "breaker_opened_at"]
+                fields += ["paused_until"]
         # Only the changed columns: a concurrent rotate_secret() is never written back over.
         endpoint.save(update_fields=fields)
         if toggles is not None:

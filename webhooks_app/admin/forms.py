@@ -222,6 +222,8 @@ class EndpointChangeForm(forms.ModelForm):
             "headers",
             "payload_extra",
             "payload_fields",
+            "rate_limit",
+            "ordered",
         ]
         widgets = {
             "url": forms.URLInput(attrs={"class": "vURLField", "placeholder": "https://"}),

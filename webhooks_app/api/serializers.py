@@ -156,6 +156,23 @@ class EndpointSerializer(StrictSerializer):
         help_text="Keys of the event data to send (dotted for nested keys); empty: all.",
     )
     notify_email = serializers.EmailField(required=False, allow_blank=True)
+    rate_limit = StrictIntegerField(
+        required=False,
+        allow_null=True,
+        help_text="At most this many deliveries per second, across all workers; "
+        "null: no limit. Deliveries over the cap wait their turn.",
+    )
+    ordered = StrictBooleanField(
+        required=False,
+        help_text="Deliver one at a time in emit order; a failing delivery holds the "
+        "later ones until it succeeds or fails for good. Default: in parallel.",
+    )
+    breaker_state = serializers.ChoiceField(
+        choices=Endpoint.BreakerState.choices,
+        read_only=True,
+        help_text="Circuit breaker: closed (delivering), open (failing; deliveries wait "
+        "for the cool-down), half_open (one probe delivery in flight).",
+    )
     disabled_reason = serializers.CharField(read_only=True)
     created_at = serializers.DateTimeField(read_only=True)
     updated_at = serializers.DateTimeField(read_only=True)
@@ -175,6 +192,8 @@ class EndpointSerializer(StrictSerializer):
         "payload_extra": {},
         "payload_fields": [],
         "notify_email": "",
+        "rate_limit": None,
+        "ordered": False,
     }
 
     def service_values(self) -> dict[str, Any]:
