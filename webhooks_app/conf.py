@@ -116,6 +116,9 @@ DEFAULTS: dict[str, Any] = {
     # services.recover() (admin, API, command): bulk recoveries per tenant, "N/period"
     # with period second, minute, hour or day. None: unlimited.
     "RECOVER_RATE": "10/hour",
+    # The metrics view (webhooks_app.metrics.urls) answers only requests carrying
+    # "Authorization: Bearer <token>" when set; None: whoever reaches the URL.
+    "METRICS_TOKEN": None,
 }
 
 
@@ -325,6 +328,10 @@ class AppSettings:
                 "hour or day)."
             )
         return int(number), float(seconds)
+
+    @property
+    def METRICS_TOKEN(self) -> str | None:
+        return self._get("METRICS_TOKEN") or None
 
 
 app_settings = AppSettings()

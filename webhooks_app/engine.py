@@ -11,8 +11,11 @@ worker claims them again. At-least-once delivery on every broker.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -38,6 +41,9 @@ from .events import TEST_EVENT
 from .models import Delivery, DeliveryAttempt, Endpoint
 
 logger = logging.getLogger("webhooks_app.engine")
+# One INFO line per recorded attempt (see log_attempts); its own name so that a site can
+# route or silence it apart from the engine's warnings.
+attempt_logger = logging.getLogger("webhooks_app.attempts")
 
 USER_AGENT = f"webhooks_app/{__version__}"
 
@@ -203,6 +209,17 @@ def _of_first_endpoints(candidates: list, limit: int, max_endpoints: int | None)
     return out
 
 
+def worker_tag() -> str:
+    """``<pid hex>.<host hash>``: which worker process holds a claim (webhooks_status)."""
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:4]
+    return f"{os.getpid():x}.{host}"
+
+
+def new_claim_token() -> str:
+    """The worker's tag and 64 random bits (at most 32 characters, like the column)."""
+    return f"{worker_tag()}.{secrets.token_hex(8)}"[-32:]
+
+
 def claim(
     limit: int,
     *,
@@ -230,7 +247,7 @@ def claim(
     if max_bytes is None:
         max_bytes = app_settings.CLAIM_MAX_BYTES
     now = timezone.now()
-    token = secrets.token_hex(16)
+    token = new_claim_token()
     lease = app_settings.LEASE_SECONDS
     lease_until = now + timedelta(seconds=lease)
     valid_until = time.monotonic() + lease
@@ -588,6 +605,7 @@ def record(token: str, outcomes: list[Outcome], *, retry: bool = True) -> list[O
             o.response.error = _storable(o.response.error).encode("ascii", "replace").decode()
         states = [(o, _new_state(o.delivery, o, now, retry)) for o in outcomes]
         recorded = _write_outcomes(db, token, states)
+    log_attempts(recorded)
     try:
         _after_record(recorded)
     except Exception:  # the outcomes are committed; bookkeeping must not strand rows
@@ -690,6 +708,38 @@ def _write_outcomes(db: str, token: str, states: list) -> list[Outcome]:
             for name, value in state.items():
                 setattr(d, name, value)
     return recorded
+
+
+def log_attempts(recorded: list[Outcome]) -> None:
+    """One structured line per attempt: ids, attempt number, status, duration, outcome.
+
+    Never the secret, the headers or the body (nor the URL, whose path or query may hold
+    a token). The same fields are attached to the record (``extra``) for JSON formatters.
+    """
+    if not attempt_logger.isEnabledFor(logging.INFO):
+        return
+    for o in recorded:
+        d, r = o.delivery, o.response
+        if r.ok:
+            outcome = "succeeded"
+        elif d.status == Delivery.Status.PENDING:
+            outcome = "retry"
+        else:
+            outcome = "failed"
+        fields = {
+            "endpoint_id": d.endpoint_id,
+            "event_id": d.event.public_id,
+            "delivery_id": d.id,
+            "attempt": d.attempts,
+            "status": r.status_code,
+            "duration_ms": r.duration_ms,
+            "outcome": outcome,
+        }
+        attempt_logger.info(
+            "webhook attempt %s",
+            " ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items()),
+            extra={"webhook": fields},
+        )
 
 
 def _after_record(recorded: list[Outcome]) -> None:
