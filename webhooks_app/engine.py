@@ -461,7 +461,7 @@ def request_headers(delivery: Delivery, body: bytes, keys: list[str]) -> dict[st
     endpoint = delivery.endpoint
     headers = {"User-Agent": USER_AGENT, "X-Webhook-Event": delivery.event_type}
     if delivery.send_method() == Endpoint.Method.POST:
-        headers["Content-Type"] = "application/json"
+        headers["Content-Type"] = delivery.content_type or "application/json"
     headers.update({str(k): str(v) for k, v in (endpoint.headers or {}).items()})
     headers.update(
         signing.sign_headers(
@@ -481,13 +481,20 @@ class Outcome:
     started_at: datetime
 
 
-def attempt(delivery: Delivery, keys: list[str]) -> Outcome:
-    """Send one delivery (no database access)."""
+def wire(delivery: Delivery) -> tuple[str, bytes]:
+    """The method and the exact bytes ``delivery`` goes out with (and is signed over);
+    the live preview shows them through this too."""
     method = delivery.send_method()  # the method its body was built for, not the endpoint's
     body = delivery.payload_bytes()
     if method == Endpoint.Method.GET:
         # Signed as it goes on the wire (older rows kept the URL's own query unescaped).
         body = transport.wire_query(body.decode("utf-8")).encode("ascii")
+    return method, body
+
+
+def attempt(delivery: Delivery, keys: list[str]) -> Outcome:
+    """Send one delivery (no database access)."""
+    method, body = wire(delivery)
     started_at = timezone.now()
     response = transport.send(
         method,
