@@ -100,7 +100,7 @@ def test_create_shows_secret_once_and_scopes_to_the_users_tenant(client, alice, 
     assert 'value="user.created"' in form and "A user signed up." in form
     assert "webhook.test" not in form  # only Test sends it
     assert 'name="payload_fields"' in form  # the admin's options are here too
-    response = create(client, receiver.url())
+    response = create(client, receiver.url(), tenant="someone-else")  # ignored
     assert response.status_code == 200
     assert response["Cache-Control"] == "no-store, private"
     secret = secret_of(response)
@@ -488,3 +488,35 @@ def test_verify_snippets_accept_a_real_delivery_and_refuse_a_forged_one(
         [node, str(runner)], input=payload, capture_output=True, text=True, timeout=30, check=True
     )
     assert json.loads(out.stdout) == [True, False, False]
+
+
+def test_portal_forms_offer_every_option_of_the_admin_forms():
+    from webhooks_app.admin.forms import EndpointAddForm, EndpointChangeForm
+    from webhooks_app.portal.forms import PortalCreateForm, PortalEditForm
+
+    assert set(PortalEditForm().fields) == set(EndpointChangeForm().fields) - {"tenant"}
+    assert set(PortalCreateForm().fields) == set(EndpointAddForm().fields) - {"tenant"}
+    assert "secret" in PortalCreateForm().fields and "tenant" not in PortalCreateForm().fields
+
+
+def test_a_misspelt_hook_is_a_system_check_error():
+    from webhooks_app.checks import check_hooks
+
+    assert check_hooks() == []
+    with webhooks_settings(PORTAL_PERMISSION="tests.test_portal.nope", TENANT_GATE="os.sep"):
+        problems = check_hooks()
+    assert [p.id for p in problems] == ["webhooks_app.E020", "webhooks_app.E020"]
+    assert "PORTAL_PERMISSION" in problems[1].msg and "not callable" in problems[0].msg
+
+
+def test_own_secret_verifies_with_standardwebhooks_as_the_panel_says(make_endpoint, receiver):
+    import base64
+
+    from webhooks_app import services
+
+    own = "my-own-secret-that-is-long-enough-1234"
+    endpoint, _ = make_endpoint(receiver.url(), secret=own)
+    services.send_test(endpoint)
+    (request,) = receiver.wait_for(1)
+    wh = standardwebhooks.Webhook("whsec_" + base64.b64encode(own.encode()).decode())
+    assert wh.verify(request.body, request.headers)["event"] == "webhook.test"
