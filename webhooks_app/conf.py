@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
     # heartbeat, about every third of this) while it sends, however long a send takes;
     # a killed worker stops renewing, and its deliveries are sent again by another
     # worker once this runs out: crash recovery in seconds, not minutes.
-    "LEASE_SECONDS": 8.0,
+    "LEASE_SECONDS": 6.0,
     # Body bytes one worker holds at a time (claimed, queued or being sent); at least one
     # delivery is always claimed, however large. Keeps worker memory flat with big events.
     "CLAIM_MAX_BYTES": 8 * 1024 * 1024,
