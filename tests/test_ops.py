@@ -286,6 +286,14 @@ def test_prune_deletes_idempotency_keys_past_their_window(make_endpoint):
     IdempotencyKey.objects.filter(key="old").update(created_at=timezone.now() - timedelta(days=2))
     assert services.prune().idempotency_keys == 1
     assert list(IdempotencyKey.objects.values_list("key", flat=True)) == ["new"]
+    endpoint, _ = make_endpoint("http://127.0.0.1:9/hook")
+    services.recover(endpoint, since=timezone.now() - timedelta(hours=1))
+    services.recover(endpoint, since=timezone.now() - timedelta(hours=1))
+    Recovery.objects.filter(pk=Recovery.objects.first().pk).update(
+        created_at=timezone.now() - timedelta(days=31)
+    )
+    services.prune()
+    assert Recovery.objects.count() == 1
 
 
 def test_the_prune_schedule_is_created_once_after_migrate():
