@@ -18,7 +18,14 @@ from django.utils import timezone
 
 from tests.receiver import Reply
 from webhooks_app import emit, engine, services
-from webhooks_app.models import Delivery, DeliveryAttempt, Event, IdempotencyKey, Recovery
+from webhooks_app.models import (
+    Delivery,
+    DeliveryAttempt,
+    Endpoint,
+    Event,
+    IdempotencyKey,
+    Recovery,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -481,3 +488,15 @@ def test_metrics_backlog_and_oldest_due(client, make_endpoint):
     age = float(body.split("\nwebhooks_oldest_due_age_seconds ")[1].split()[0])
     assert 89 < age < 120
     assert 'webhooks_deliveries{event_type="user.created",status="pending"} 3.0' in body
+
+
+def test_metrics_endpoints_by_breaker_state(client, make_endpoint):
+    a, _ = make_endpoint("http://127.0.0.1:9/a")
+    make_endpoint("http://127.0.0.1:9/b")
+    make_endpoint("http://127.0.0.1:9/c", is_active=False)
+    Endpoint.objects.filter(pk=a.pk).update(breaker_state="open")
+    body = client.get("/metrics/").content.decode()
+    assert 'webhooks_endpoints{breaker_state="open"} 1.0' in body
+    assert 'webhooks_endpoints{breaker_state="closed"} 1.0' in body
+    assert 'webhooks_endpoints{breaker_state="half_open"} 0.0' in body
+    assert "webhooks_endpoints_disabled 1.0" in body
