@@ -217,10 +217,13 @@ def new_event(event_type: str, data: Any, tenant: str) -> tuple[Any, dict]:
     """
     from .models import Event
 
-    data = jsonenc.normalise(data, path="data")
-    event = Event(tenant=tenant, event_type=event_type, data=data)
-    env = envelope(event.public_id, event_type, event.created_at, tenant, data)
-    event.body = dumps(env)
+    event = Event(tenant=tenant, event_type=event_type)
+    raw = envelope(event.public_id, event_type, event.created_at, tenant, data)
+    # One pass normalises and writes; the depth limit applies to "data", one level down.
+    env, event.body = jsonenc.normalise_and_dump(
+        raw, max_depth=app_settings.MAX_PAYLOAD_DEPTH, levels_above=1
+    )
+    event.data = env["data"]
     jsonenc.check_size(event.body)
     return event, env
 
