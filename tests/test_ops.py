@@ -508,3 +508,18 @@ def test_metrics_endpoints_by_breaker_state(client, make_endpoint):
     assert 'webhooks_endpoints{breaker_state="closed"} 1.0' in body
     assert 'webhooks_endpoints{breaker_state="half_open"} 0.0' in body
     assert "webhooks_endpoints_disabled 1.0" in body
+
+
+@pytest.mark.parametrize(
+    "changes, check_id",
+    [
+        ({"PROXY": "socks5://x:1"}, "webhooks_app.E030"),
+        ({"RECOVER_RATE": "ten"}, "webhooks_app.E031"),
+    ],
+)
+def test_bad_operations_settings_fail_the_system_check(changes, check_id):
+    from webhooks_app.checks import check_operations
+
+    assert check_operations() == []
+    with webhooks(**changes):
+        assert [e.id for e in check_operations()] == [check_id]

@@ -152,3 +152,20 @@ def check_hooks(app_configs=None, **kwargs):
                 )
             )
     return problems
+
+
+@register(Tags.compatibility)
+def check_operations(app_configs=None, **kwargs):
+    """PROXY and RECOVER_RATE: a typo should fail at startup, not fail every delivery."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    problems = []
+    for name, check_id, hint in (
+        ("PROXY", "webhooks_app.E030", "e.g. 'http://egress.internal:3128', or None."),
+        ("RECOVER_RATE", "webhooks_app.E031", "e.g. '10/hour', or None for no limit."),
+    ):
+        try:
+            getattr(app_settings, name)
+        except (ImproperlyConfigured, ValueError, TypeError) as exc:
+            problems.append(Error(str(exc), hint=hint, id=check_id))
+    return problems
