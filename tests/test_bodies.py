@@ -358,3 +358,20 @@ def test_custom_payload_values_take_django_values_and_refuse_bad_ones(make_endpo
             services.update_endpoint(endpoint, payload_extra=bad)
         (message,) = exc.value.message_dict["payload_extra"]
         assert message.startswith("payload_extra.x: ") and words in message
+
+
+@pytest.mark.django_db
+def test_a_typo_in_watch_fields_is_reported_and_never_breaks_a_save(make_endpoint):
+    from django.core.checks import run_checks
+
+    make_endpoint("http://127.0.0.1:9/hook", events=["user.created", "user.updated"])
+    with override_settings(WEBHOOKS_APP=_user_binding(watch_fields=["emial"])):
+        errors = [e for e in run_checks() if e.id == "webhooks_app.E003"]
+        assert [e.msg for e in errors] == [
+            "WEBHOOKS_APP['MODEL_EVENTS']['auth.User']['watch_fields'] names 'emial', "
+            "not a field of auth.User."
+        ]
+        user = get_user_model().objects.create_user("typo", password="x" * 12)
+        user.email = "t@example.com"
+        user.save()  # no exception; with no valid watched field every update counts
+    assert Event.objects.filter(event_type="user.updated").count() == 1
