@@ -605,6 +605,24 @@ def _clean_moment(value: Any, name: str) -> Any:
     return value
 
 
+def _lock_tenant(tenant: str) -> None:
+    """Serialise concurrent recoveries of one tenant until the transaction ends, so two
+    clicks at once cannot both pass the throttle (SQLite's IMMEDIATE transactions already
+    serialise every writer; PostgreSQL gets an advisory lock on the tenant)."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        import hashlib
+
+        key = int.from_bytes(
+            hashlib.sha256(f"webhooks_app.recover:{tenant}".encode()).digest()[:8],
+            "big",
+            signed=True,
+        )
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+
+
 def recover(endpoint: Endpoint, *, since: Any, until: Any = None) -> RecoverResult:
     """Replay every failed delivery of ``endpoint`` created in [since, until) (Svix's
     "recover failed messages since"): same event ids, same body bytes, a new attempt
@@ -642,6 +660,7 @@ def recover(endpoint: Endpoint, *, since: Any, until: Any = None) -> RecoverResu
     rate = app_settings.RECOVER_RATE
     with transaction.atomic():
         if rate:
+            _lock_tenant(endpoint.tenant)
             number, period = rate
             recent = list(
                 Recovery.objects.filter(
