@@ -38,6 +38,11 @@ class Dispatcher:
         self.threads = app_settings.SENDER_THREADS
         self.per_endpoint = app_settings.ENDPOINT_CONCURRENCY
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="webhooks-sender")
+        # Rate-limited deliveries, one per slot, go out on threads of their own: behind
+        # busy bulk chunks they would miss their slots and then leave in bunches.
+        self._paced_pool = ThreadPoolExecutor(
+            max(2, self.threads // 4), thread_name_prefix="webhooks-paced"
+        )
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -72,6 +77,7 @@ class Dispatcher:
         self._wake.set()
         self._thread.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=False)
+        self._paced_pool.shutdown(wait=True, cancel_futures=False)
 
     @property
     def stopping(self) -> bool:
@@ -102,8 +108,12 @@ class Dispatcher:
         return wait
 
     def _fire_timers(self) -> None:
-        """Send the rate-limited deliveries whose slot has come; one whose endpoint or this
-        worker has no free thread goes back to the table (any worker takes it, later)."""
+        """Send the rate-limited deliveries whose slot has come.
+
+        They have their own threads, so busy unlimited endpoints never make them miss
+        their slots; when their own endpoint has all its chunks in flight (a slow
+        receiver), the delivery goes back to the table, for any worker, later.
+        """
         now = time.monotonic()
         due, busy = [], []
         with self._lock:
@@ -111,12 +121,9 @@ class Dispatcher:
                 due.append(heapq.heappop(self._timers))
         for _when, _seq, token, endpoint_id, delivery in due:
             with self._lock:
-                free = (
-                    self._in_flight < self.threads
-                    and self._per_endpoint[endpoint_id] < self._limit(endpoint_id)
-                )
+                free = self._per_endpoint[endpoint_id] < self._limit(endpoint_id)
             if free:
-                self._submit(token, endpoint_id, [delivery])
+                self._submit(token, endpoint_id, [delivery], paced=True)
             else:
                 busy.append((token, delivery.id))
         for token, delivery_id in busy:
@@ -208,20 +215,24 @@ class Dispatcher:
         """Chunks of ``endpoint_id`` allowed in flight (call with ``self._lock`` held)."""
         return 1 if endpoint_id in self._stalled else self.per_endpoint
 
-    def _submit(self, token: str, endpoint_id: int, chunk: list) -> None:
+    def _submit(self, token: str, endpoint_id: int, chunk: list, *, paced: bool = False) -> None:
         size = sum(getattr(d, "claim_bytes", 0) for d in chunk)
         with self._lock:
-            self._in_flight += 1
+            if not paced:
+                self._in_flight += 1
             self._per_endpoint[endpoint_id] += 1
             self._bytes += size
         # The chunk keeps the claim's order: due time, or emit order for ordered endpoints.
+        pool = self._paced_pool if paced else self._pool
         try:
-            self._pool.submit(self._send, token, endpoint_id, chunk, size)
+            pool.submit(self._send, token, endpoint_id, chunk, size, paced)
         except RuntimeError:  # the pool is shutting down: hand the rows back
-            self._done(endpoint_id, size)
+            self._done(endpoint_id, size, paced)
             engine.release(token, [d.id for d in chunk])
 
-    def _send(self, token: str, endpoint_id: int, chunk: list, size: int = 0) -> None:
+    def _send(
+        self, token: str, endpoint_id: int, chunk: list, size: int = 0, paced: bool = False
+    ) -> None:
         try:
             stalled = engine.deliver_chunk(token, chunk, stopping=self._stop.is_set)
             with self._lock:
@@ -233,11 +244,12 @@ class Dispatcher:
             logger.exception("sending a chunk of %d deliveries failed", len(chunk))
             close_old_connections()
         finally:
-            self._done(endpoint_id, size)
+            self._done(endpoint_id, size, paced)
 
-    def _done(self, endpoint_id: int, size: int = 0) -> None:
+    def _done(self, endpoint_id: int, size: int = 0, paced: bool = False) -> None:
         with self._lock:
-            self._in_flight -= 1
+            if not paced:
+                self._in_flight -= 1
             self._bytes -= size
             self._per_endpoint[endpoint_id] -= 1
             if self._per_endpoint[endpoint_id] <= 0:

@@ -882,6 +882,13 @@ def deliver_chunk(
                     _leases.forget(token, [d.id for d in deliveries])
                     if exclusive:
                         unpause(endpoint)
+                    logger.debug(
+                        "endpoint %s: chunk of %d, %d sent, %d recorded",
+                        endpoint.id,
+                        len(deliveries),
+                        len(outcomes),
+                        len(recorded),
+                    )
     return stalled
 
 
