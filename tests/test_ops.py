@@ -18,7 +18,14 @@ from django.utils import timezone
 
 from tests.receiver import Reply
 from webhooks_app import emit, engine, services
-from webhooks_app.models import Delivery, DeliveryAttempt, Event, IdempotencyKey, Recovery
+from webhooks_app.models import (
+    Delivery,
+    DeliveryAttempt,
+    Endpoint,
+    Event,
+    IdempotencyKey,
+    Recovery,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -455,3 +462,41 @@ def test_recover_admin_page_needs_change_permission(make_endpoint, client):
     assert client.get(url).status_code == 403
     assert client.post(url, {"since": "2026-01-01T00:00"}).status_code == 403
     assert not Recovery.objects.exists()
+
+
+# Metrics -------------------------------------------------------------------------------------
+def test_metrics_view_token_and_empty_database(client):
+    body = client.get("/metrics/").content.decode()
+    assert (
+        "webhooks_backlog 0.0" in body and 'webhooks_endpoints{breaker_state="closed"} 0.0' in body
+    )
+    with webhooks(METRICS_TOKEN="s3cret-token"):
+        assert client.get("/metrics/").status_code == 401
+        assert client.get("/metrics/", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+        ok = client.get("/metrics/", HTTP_AUTHORIZATION="Bearer s3cret-token")
+        assert ok.status_code == 200 and b"webhooks_deliveries" in ok.content
+    assert client.post("/metrics/").status_code == 405
+
+
+def test_metrics_backlog_and_oldest_due(client, make_endpoint):
+    make_endpoint("http://127.0.0.1:9/hook")
+    for _ in range(3):
+        emit("user.created", {})
+    Delivery.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=90))
+    body = client.get("/metrics/").content.decode()
+    assert "webhooks_backlog 3.0" in body
+    age = float(body.split("\nwebhooks_oldest_due_age_seconds ")[1].split()[0])
+    assert 89 < age < 120
+    assert 'webhooks_deliveries{event_type="user.created",status="pending"} 3.0' in body
+
+
+def test_metrics_endpoints_by_breaker_state(client, make_endpoint):
+    a, _ = make_endpoint("http://127.0.0.1:9/a")
+    make_endpoint("http://127.0.0.1:9/b")
+    make_endpoint("http://127.0.0.1:9/c", is_active=False)
+    Endpoint.objects.filter(pk=a.pk).update(breaker_state="open")
+    body = client.get("/metrics/").content.decode()
+    assert 'webhooks_endpoints{breaker_state="open"} 1.0' in body
+    assert 'webhooks_endpoints{breaker_state="closed"} 1.0' in body
+    assert 'webhooks_endpoints{breaker_state="half_open"} 0.0' in body
+    assert "webhooks_endpoints_disabled 1.0" in body

@@ -507,3 +507,16 @@ def test_a_misspelt_hook_is_a_system_check_error():
         problems = check_hooks()
     assert [p.id for p in problems] == ["webhooks_app.E020", "webhooks_app.E020"]
     assert "PORTAL_PERMISSION" in problems[1].msg and "not callable" in problems[0].msg
+
+
+def test_own_secret_verifies_with_standardwebhooks_as_the_panel_says(make_endpoint, receiver):
+    import base64
+
+    from webhooks_app import services
+
+    own = "my-own-secret-that-is-long-enough-1234"
+    endpoint, _ = make_endpoint(receiver.url(), secret=own)
+    services.send_test(endpoint)
+    (request,) = receiver.wait_for(1)
+    wh = standardwebhooks.Webhook("whsec_" + base64.b64encode(own.encode()).decode())
+    assert wh.verify(request.body, request.headers)["event"] == "webhook.test"

@@ -21,3 +21,10 @@ def emit(
     from .events import emit as _emit
 
     return _emit(event_type, data, tenant=tenant, idempotency_key=idempotency_key)
+
+
+def register_payload_format(name: str, fn: Any, **options: Any) -> None:
+    """Add a payload format endpoints can choose; see ``webhooks_app.formats``."""
+    from .formats import register_payload_format as _register
+
+    _register(name, fn, **options)

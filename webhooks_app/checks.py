@@ -72,6 +72,18 @@ def check_settings(app_configs=None, **kwargs):
                     f"Event type {name!r} must be text of 1-100 characters.", id="webhooks_app.E006"
                 )
             )
+    from . import formats
+
+    if app_settings.PAYLOAD_FORMAT not in formats.payload_formats():
+        problems.append(
+            Error(
+                f"WEBHOOKS_APP['PAYLOAD_FORMAT'] is {app_settings.PAYLOAD_FORMAT!r}, not a "
+                "payload format.",
+                hint=f"Use one of {', '.join(formats.payload_formats())}, or register it with "
+                "webhooks_app.formats.register_payload_format() in an AppConfig.ready().",
+                id="webhooks_app.E007",
+            )
+        )
     q = getattr(settings, "Q_CLUSTER", {}) or {}
     timeout, retry = q.get("timeout"), q.get("retry")
     if timeout and retry and retry <= timeout:

@@ -45,6 +45,14 @@ DEFAULTS: dict[str, Any] = {
     # Name of the tenant key in the payload envelope (e.g. "enterpriseId").
     "TENANT_KEY": "tenant",
     "PAYLOAD_VERSION": "v1",
+    # The payload format of endpoints that do not choose one: "standard", "flat", "type",
+    # "cloudevents" or a name given to register_payload_format() (see formats.py).
+    "PAYLOAD_FORMAT": "standard",
+    # The CloudEvents "source" attribute (a URI reference); "{tenant}" is replaced by the
+    # event's tenant. Set it to something that names your site, e.g. "https://example.com".
+    "CLOUDEVENTS_SOURCE": "/webhooks_app",
+    # How many data fields one endpoint may select (Userpilot allows 10 properties).
+    "MAX_PAYLOAD_FIELDS": 10,
     # Signature headers to send: "standard" (webhook-*), "legacy" (X-Webhook-*), or both.
     "SIGNATURE_SCHEMES": ["standard", "legacy"],
     # Fernet keys (urlsafe base64, 32 bytes) for secrets at rest; the first encrypts,
@@ -116,6 +124,9 @@ DEFAULTS: dict[str, Any] = {
     # services.recover() (admin, API, command): bulk recoveries per tenant, "N/period"
     # with period second, minute, hour or day. None: unlimited.
     "RECOVER_RATE": "10/hour",
+    # The metrics view (webhooks_app.metrics.urls) answers only requests carrying
+    # "Authorization: Bearer <token>" when set; None: whoever reaches the URL.
+    "METRICS_TOKEN": None,
 }
 
 
@@ -199,6 +210,18 @@ class AppSettings:
     @property
     def PAYLOAD_VERSION(self) -> str:
         return str(self._get("PAYLOAD_VERSION"))
+
+    @property
+    def PAYLOAD_FORMAT(self) -> str:
+        return str(self._get("PAYLOAD_FORMAT") or "standard")
+
+    @property
+    def CLOUDEVENTS_SOURCE(self) -> str:
+        return str(self._get("CLOUDEVENTS_SOURCE") or "/webhooks_app")
+
+    @property
+    def MAX_PAYLOAD_FIELDS(self) -> int:
+        return max(1, int(self._get("MAX_PAYLOAD_FIELDS")))
 
     @property
     def SIGNATURE_SCHEMES(self) -> list[str]:
@@ -325,6 +348,10 @@ class AppSettings:
                 "hour or day)."
             )
         return int(number), float(seconds)
+
+    @property
+    def METRICS_TOKEN(self) -> str | None:
+        return self._get("METRICS_TOKEN") or None
 
 
 app_settings = AppSettings()

@@ -163,7 +163,9 @@ class Dispatcher:
             if free <= 0 or (budget <= 0 and not idle):
                 return  # a finishing chunk wakes us
             limit = free * app_settings.CHUNK_SIZE
-            token, rows = engine.claim(limit, exclude_endpoints=saturated, max_bytes=max(budget, 0))
+            token, rows = engine.claim(
+                limit, exclude_endpoints=saturated, max_bytes=max(budget, 0), max_endpoints=free
+            )
             if not rows:
                 return
             unsent = self._hand_out(token, rows)

@@ -11,8 +11,11 @@ worker claims them again. At-least-once delivery on every broker.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -38,6 +41,9 @@ from .events import TEST_EVENT
 from .models import Delivery, DeliveryAttempt, Endpoint
 
 logger = logging.getLogger("webhooks_app.engine")
+# One INFO line per recorded attempt (see log_attempts); its own name so that a site can
+# route or silence it apart from the engine's warnings.
+attempt_logger = logging.getLogger("webhooks_app.attempts")
 
 USER_AGENT = f"webhooks_app/{__version__}"
 
@@ -186,11 +192,40 @@ def _take_by_bytes(sized: list[tuple[int, int]], max_bytes: int | None) -> tuple
     return ids, sizes
 
 
+def _of_first_endpoints(candidates: list, limit: int, max_endpoints: int | None) -> list:
+    """The oldest ``limit`` candidates (id, size, endpoint id, ...) that belong to the
+    first ``max_endpoints`` endpoints among them (all endpoints when None)."""
+    chosen: set[int] = set()
+    out = []
+    for candidate in candidates:
+        endpoint_id = candidate[2]
+        if endpoint_id not in chosen:
+            if max_endpoints is not None and len(chosen) >= max_endpoints:
+                continue
+            chosen.add(endpoint_id)
+        out.append(candidate)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def worker_tag() -> str:
+    """``<pid hex>.<host hash>``: which worker process holds a claim (webhooks_status)."""
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:4]
+    return f"{os.getpid():x}.{host}"
+
+
+def new_claim_token() -> str:
+    """The worker's tag and 64 random bits (at most 32 characters, like the column)."""
+    return f"{worker_tag()}.{secrets.token_hex(8)}"[-32:]
+
+
 def claim(
     limit: int,
     *,
     exclude_endpoints: Iterable[int] = (),
     max_bytes: int | None = None,
+    max_endpoints: int | None = None,
 ) -> tuple[str, list[Delivery]]:
     """Lease up to ``limit`` due deliveries to a new claim token; return token and rows.
 
@@ -203,11 +238,16 @@ def claim(
     Endpoints with flow control (rate limit, ordered delivery, a breaker that is not
     closed) are admitted by ``_admit`` in the same transaction; a row that must wait for
     its rate-limit slot comes back with ``not_before`` set (a datetime), else None.
+
+    ``max_endpoints`` (the dispatcher's free threads) takes only rows of that many
+    endpoints: in a fan-out, rows of endpoints that no thread could take were claimed,
+    loaded and handed straight back, again and again (claim was 30% of a fan-out's
+    worker CPU).
     """
     if max_bytes is None:
         max_bytes = app_settings.CLAIM_MAX_BYTES
     now = timezone.now()
-    token = secrets.token_hex(16)
+    token = new_claim_token()
     lease = app_settings.LEASE_SECONDS
     lease_until = now + timedelta(seconds=lease)
     valid_until = time.monotonic() + lease
@@ -233,10 +273,16 @@ def claim(
         "endpoint__breaker_state",
     )
     slots: dict[int, datetime] = {}
+    # Enough candidates to fill ``limit`` from the first endpoints of a fan-out.
+    window = limit if max_endpoints is None else min(4 * limit, max(limit, 1000))
     if connections[db].features.has_select_for_update_skip_locked:
         # PostgreSQL: concurrent claimers skip each other's rows instead of waiting.
         with transaction.atomic(using=db):
-            candidates = list(due.select_for_update(skip_locked=True, of=("self",))[:limit])
+            candidates = _of_first_endpoints(
+                list(due.select_for_update(skip_locked=True, of=("self",))[:window]),
+                limit,
+                max_endpoints,
+            )
             candidates, sizes = _fit(candidates, max_bytes)
             ids, slots = _admit(db, candidates, now, lease_until, lock=True)
             if ids:
@@ -247,7 +293,9 @@ def claim(
     else:
         # SQLite: a read first (cheap, never blocks under WAL), then one guarded UPDATE;
         # rows another worker leased in between no longer match and are skipped.
-        candidates, sizes = _fit(list(due[:limit]), max_bytes)
+        candidates, sizes = _fit(
+            _of_first_endpoints(list(due[:window]), limit, max_endpoints), max_bytes
+        )
         ids = []
         if candidates:
             with _writing(db), transaction.atomic(using=db):
@@ -444,7 +492,7 @@ def request_headers(delivery: Delivery, body: bytes, keys: list[str]) -> dict[st
     endpoint = delivery.endpoint
     headers = {"User-Agent": USER_AGENT, "X-Webhook-Event": delivery.event_type}
     if delivery.send_method() == Endpoint.Method.POST:
-        headers["Content-Type"] = "application/json"
+        headers["Content-Type"] = delivery.content_type or "application/json"
     headers.update({str(k): str(v) for k, v in (endpoint.headers or {}).items()})
     headers.update(
         signing.sign_headers(
@@ -464,13 +512,20 @@ class Outcome:
     started_at: datetime
 
 
-def attempt(delivery: Delivery, keys: list[str]) -> Outcome:
-    """Send one delivery (no database access)."""
+def wire(delivery: Delivery) -> tuple[str, bytes]:
+    """The method and the exact bytes ``delivery`` goes out with (and is signed over);
+    the live preview shows them through this too."""
     method = delivery.send_method()  # the method its body was built for, not the endpoint's
     body = delivery.payload_bytes()
     if method == Endpoint.Method.GET:
         # Signed as it goes on the wire (older rows kept the URL's own query unescaped).
         body = transport.wire_query(body.decode("utf-8")).encode("ascii")
+    return method, body
+
+
+def attempt(delivery: Delivery, keys: list[str]) -> Outcome:
+    """Send one delivery (no database access)."""
+    method, body = wire(delivery)
     started_at = timezone.now()
     response = transport.send(
         method,
@@ -557,6 +612,7 @@ def record(token: str, outcomes: list[Outcome], *, retry: bool = True) -> list[O
             o.response.error = _storable(o.response.error).encode("ascii", "replace").decode()
         states = [(o, _new_state(o.delivery, o, now, retry)) for o in outcomes]
         recorded = _write_outcomes(db, token, states)
+    log_attempts(recorded)
     try:
         _after_record(recorded)
     except Exception:  # the outcomes are committed; bookkeeping must not strand rows
@@ -659,6 +715,38 @@ def _write_outcomes(db: str, token: str, states: list) -> list[Outcome]:
             for name, value in state.items():
                 setattr(d, name, value)
     return recorded
+
+
+def log_attempts(recorded: list[Outcome]) -> None:
+    """One structured line per attempt: ids, attempt number, status, duration, outcome.
+
+    Never the secret, the headers or the body (nor the URL, whose path or query may hold
+    a token). The same fields are attached to the record (``extra``) for JSON formatters.
+    """
+    if not attempt_logger.isEnabledFor(logging.INFO):
+        return
+    for o in recorded:
+        d, r = o.delivery, o.response
+        if r.ok:
+            outcome = "succeeded"
+        elif d.status == Delivery.Status.PENDING:
+            outcome = "retry"
+        else:
+            outcome = "failed"
+        fields = {
+            "endpoint_id": d.endpoint_id,
+            "event_id": d.event.public_id,
+            "delivery_id": d.id,
+            "attempt": d.attempts,
+            "status": r.status_code,
+            "duration_ms": r.duration_ms,
+            "outcome": outcome,
+        }
+        attempt_logger.info(
+            "webhook attempt %s",
+            " ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items()),
+            extra={"webhook": fields},
+        )
 
 
 def _after_record(recorded: list[Outcome]) -> None:

@@ -9,18 +9,21 @@ nothing unless ``KEEP_UNROUTED_EVENTS`` is set.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from django.core.exceptions import ValidationError
 from django.db import connections, router, transaction
 
-from . import jsonenc
+from . import formats, jsonenc
 from .conf import app_settings
 from .transport import wire_query
+
+logger = logging.getLogger("webhooks_app.events")
 
 TEST_EVENT = "webhook.test"
 BUILTIN_EVENT_TYPES: dict[str, dict[str, Any]] = {
@@ -110,18 +113,52 @@ def _flatten(prefix: str, value: Any, out: list[tuple[str, str]]) -> None:
         out.append((prefix, str(value)))
 
 
-def endpoint_body(endpoint, env: dict, data: Any) -> str | None:
+def endpoint_format(endpoint) -> str:
+    """The name of the payload format ``endpoint`` gets (its own, else the site's).
+
+    A format that is no longer registered (a site removed it from its code) falls back to
+    the standard one, logged, rather than failing the emitting request.
+    """
+    name = getattr(endpoint, "payload_format", "") or formats.default_name()
+    if name not in formats.payload_formats():
+        logger.error(
+            "endpoint %s: unknown payload format %r, sending the standard one",
+            endpoint.id,
+            name,
+        )
+        return formats.STANDARD
+    return name
+
+
+def endpoint_content_type(endpoint) -> str:
+    """The Content-Type of ``endpoint``'s bodies, or "" for application/json (and GET)."""
+    if endpoint.method != "POST":
+        return ""
+    ctype = formats.content_type(endpoint_format(endpoint))
+    return "" if ctype == formats.JSON else ctype
+
+
+def endpoint_body(endpoint, env: dict, data: Any, *, test: bool = False) -> str | None:
     """The body for ``endpoint`` if it differs from the standard envelope, else None.
 
+    Built in the endpoint's payload format (see formats.py) from the selected fields,
+    plus its custom values; ``test`` marks a test event in formats with an envelope.
     GET endpoints get the same fields flattened into a query string; its exact bytes
     are what is signed.
     """
+    name = endpoint_format(endpoint)
     custom = endpoint.payload_fields or endpoint.payload_extra
-    if not custom and endpoint.method == "POST":
+    if not custom and not test and endpoint.method == "POST" and name == formats.STANDARD:
         return None
-    payload = {**env, "data": _select(data, endpoint.payload_fields)}
-    for key, value in (endpoint.payload_extra or {}).items():
-        payload.setdefault(key, value)  # never overrides the envelope's own keys
+    info = formats.EventInfo(
+        id=env["id"],
+        type=env["event"],
+        created=datetime.fromisoformat(env["timestamp"]),
+        tenant=env[app_settings.TENANT_KEY],
+        data=_select(data, endpoint.payload_fields),
+        test=test,
+    )
+    payload = formats.build(name, info, endpoint.payload_extra)
     if endpoint.method == "GET":
         pairs: list[tuple[str, str]] = []
         _flatten("", jsonenc.normalise(payload, path="", max_depth=200), pairs)
@@ -140,6 +177,7 @@ class _Target:
     url: str
     payload_fields: list
     payload_extra: dict
+    payload_format: str = ""
 
 
 def _json(value: Any) -> Any:
@@ -158,7 +196,7 @@ def subscribed_endpoints(tenant: str, event_type: str, *, using: str | None = No
     conn = connections[db]
     q = conn.ops.quote_name
     sql = (
-        f"SELECT e.id, e.method, e.url, e.payload_fields, e.payload_extra "
+        f"SELECT e.id, e.method, e.url, e.payload_fields, e.payload_extra, e.payload_format "
         f"FROM {q(Endpoint._meta.db_table)} e "
         f"JOIN {q(Subscription._meta.db_table)} s ON s.endpoint_id = e.id "
         f"WHERE e.tenant = %s AND e.is_active = %s AND s.event_type = %s AND s.enabled = %s "
@@ -167,7 +205,7 @@ def subscribed_endpoints(tenant: str, event_type: str, *, using: str | None = No
     with conn.cursor() as cursor:
         cursor.execute(sql, [tenant, True, event_type, True])
         rows = cursor.fetchall()
-    return [_Target(r[0], r[1], r[2], _json(r[3]) or [], _json(r[4]) or {}) for r in rows]
+    return [_Target(r[0], r[1], r[2], _json(r[3]) or [], _json(r[4]) or {}, r[5]) for r in rows]
 
 
 def new_event(event_type: str, data: Any, tenant: str) -> tuple[Any, dict]:
@@ -185,6 +223,27 @@ def new_event(event_type: str, data: Any, tenant: str) -> tuple[Any, dict]:
     event.body = dumps(env)
     jsonenc.check_size(event.body)
     return event, env
+
+
+def new_delivery(endpoint, event, env: dict, data: Any, *, test: bool = False, **fields: Any):
+    """An unsaved Delivery of ``event`` to ``endpoint`` with its body bytes fixed.
+
+    The one place a delivery's bytes are decided: emit(), the test sender and the live
+    preview all build through it, so a preview shows exactly what is sent.
+    """
+    from .models import Delivery
+
+    return Delivery(
+        event=event,
+        endpoint_id=endpoint.id,
+        tenant=event.tenant,
+        event_type=event.event_type,
+        body=endpoint_body(endpoint, env, data, test=test),
+        content_type=endpoint_content_type(endpoint),
+        method=endpoint.method,
+        **fields,
+    )
+
 
 
 MAX_IDEMPOTENCY_KEY = 200
@@ -288,10 +347,15 @@ def emit(
     event, env = new_event(event_type, data, tenant)
     data = event.data
     endpoints = subscribed_endpoints(tenant, event_type, using=using)
-    bodies = {ep.id: endpoint_body(ep, env, data) for ep in endpoints}
-    for body in bodies.values():
-        if body is not None:
-            jsonenc.check_size(body, "The body for one of the endpoints")
+    now = event.created_at
+    due = now + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])
+    deliveries = [
+        new_delivery(ep, event, env, data, next_attempt_at=due, created_at=now)
+        for ep in endpoints
+    ]
+    for delivery in deliveries:
+        if delivery.body is not None:
+            jsonenc.check_size(delivery.body, "The body for one of the endpoints")
     stored = bool(endpoints) or app_settings.KEEP_UNROUTED_EVENTS
     if idempotency_key is None and not stored:
         return event  # unrouted: no row, no wake-up (bounded tables)
@@ -303,24 +367,8 @@ def emit(
             if not stored:
                 return event
         event.save(using=using)
-        if endpoints:
-            now = event.created_at
-            due = now + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])
-            Delivery.objects.using(using).bulk_create(
-                [
-                    Delivery(
-                        event=event,
-                        endpoint_id=ep.id,
-                        tenant=tenant,
-                        event_type=event_type,
-                        next_attempt_at=due,
-                        body=bodies[ep.id],
-                        method=ep.method,
-                        created_at=now,
-                    )
-                    for ep in endpoints
-                ]
-            )
+        if deliveries:
+            Delivery.objects.using(using).bulk_create(deliveries)
             from .tasks import wake_workers_on_commit
 
             wake_workers_on_commit(using)

@@ -59,6 +59,15 @@ class Endpoint(models.Model):
         blank=True,
         help_text=_("Keys of the event data to send (dotted for nested keys); empty: all."),
     )
+    # A name from formats.payload_formats(); empty: the site's WEBHOOKS_APP["PAYLOAD_FORMAT"].
+    # No choices here: sites register formats in code, and choices would shape migrations.
+    payload_format = models.CharField(
+        _("payload format"),
+        max_length=50,
+        blank=True,
+        default="",
+        help_text=_("The shape of the JSON sent; empty: the site's default."),
+    )
     notify_email = models.EmailField(
         _("failure notification email"),
         blank=True,
@@ -177,6 +186,11 @@ class Event(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        indexes = [
+            # The event log (API, admin): one tenant's events newest first, by type too.
+            models.Index(fields=["tenant", "-id"], name="webhooks_event_tenant"),
+            models.Index(fields=["tenant", "event_type", "-id"], name="webhooks_event_tenant_type"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.public_id}"
@@ -209,6 +223,9 @@ class Delivery(models.Model):
     # Set only when this endpoint's body differs from the event's (GET, selected fields,
     # custom values); fixed at emit time like Event.body.
     body = models.TextField(null=True, blank=True)
+    # The body's media type when it is not application/json (e.g. CloudEvents'), fixed
+    # with the body: a later change of the endpoint's format never mislabels it.
+    content_type = models.CharField(max_length=100, blank=True, default="")
     # The HTTP method the body was built for (GET: a query string, POST: JSON), fixed at
     # emit time with it: an endpoint whose method changes later gets the new method for
     # later events only, and a delivery is never sent in a form it was not built for.

@@ -18,7 +18,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
-from . import engine, events, jsonenc, queries, signing, transport
+from . import engine, events, formats, jsonenc, queries, signing, transport
 from .conf import app_settings
 from .models import Delivery, Endpoint, Subscription
 
@@ -32,7 +32,6 @@ RESERVED_HEADERS = {
     "user-agent",
 }
 RESERVED_HEADER_PREFIXES = ("webhook-", "x-webhook-")
-MAX_PAYLOAD_FIELDS = 50
 UPDATABLE = (
     "name",
     "description",
@@ -42,6 +41,7 @@ UPDATABLE = (
     "headers",
     "payload_extra",
     "payload_fields",
+    "payload_format",
     "events",
     "notify_email",
     "rate_limit",
@@ -50,8 +50,9 @@ UPDATABLE = (
 MAX_RATE_LIMIT = 10_000  # deliveries per second
 
 
-def reserved_payload_keys() -> set[str]:
-    return {"id", "event", "timestamp", "version", "data", app_settings.TENANT_KEY}
+def reserved_payload_keys(payload_format: str = "") -> set[str]:
+    """Top-level keys custom values may not use under ``payload_format`` (its own)."""
+    return set(formats.get(payload_format).reserved())
 
 
 # Validation ------------------------------------------------------------------------------
@@ -112,13 +113,7 @@ def _clean_payload_extra(value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, Mapping):
         raise ValidationError("Give custom payload values as key/value pairs.", code="invalid")
-    clash = sorted(set(value) & reserved_payload_keys())
-    if clash:
-        raise ValidationError(
-            "%(keys)s is reserved for the envelope.",
-            code="reserved",
-            params={"keys": ", ".join(clash)},
-        )
+    # Keys the endpoint's payload format uses itself are refused by _check_shape().
     if any(not isinstance(k, str) or not k for k in value):
         raise ValidationError("Keys must be non-empty text.", code="invalid")
     # Datetimes, Decimals, UUIDs... are stored as DjangoJSONEncoder writes them; what
@@ -133,9 +128,12 @@ def _clean_payload_fields(value: Any) -> list[str]:
         raise ValidationError("Give a list of field names.", code="invalid")
     if any(not isinstance(v, str) or not v.strip() for v in value):
         raise ValidationError("Field names must be non-empty text.", code="invalid")
-    if len(value) > MAX_PAYLOAD_FIELDS:
+    limit = app_settings.MAX_PAYLOAD_FIELDS
+    if len(value) > limit:
         raise ValidationError(
-            "At most %(n)d fields.", code="invalid", params={"n": MAX_PAYLOAD_FIELDS}
+            "At most %(n)d fields can be selected; %(given)d were given.",
+            code="max_fields",
+            params={"n": limit, "given": len(value)},
         )
     return [v.strip() for v in value]
 
@@ -201,13 +199,37 @@ def _clean_field(name: str, value: Any) -> Any:
         return _clean_payload_extra(value)
     if name == "payload_fields":
         return _clean_payload_fields(value)
+    if name == "payload_format":
+        return formats.clean_name(value)
     if name == "events":
         return _clean_events(value)
     raise ValidationError("Unknown field.", code="unknown")
 
 
-def clean_endpoint_fields(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate endpoint fields; ``ValidationError`` with one entry per bad field."""
+def _check_shape(cleaned: dict[str, Any], instance: Endpoint | None) -> None:
+    """Custom values against the payload format they will be sent in (both may change
+    at once, or only one of them)."""
+    if "payload_extra" not in cleaned and "payload_format" not in cleaned:
+        return
+    current = instance or Endpoint()
+    name = cleaned.get("payload_format", current.payload_format)
+    extra = cleaned.get("payload_extra", current.payload_extra)
+    try:
+        formats.check_extra(name, extra)
+    except KeyError:
+        return  # an unknown format was already reported on its field
+    except ValidationError as exc:
+        raise ValidationError({"payload_extra": exc.error_list}) from None
+
+
+def clean_endpoint_fields(
+    values: Mapping[str, Any], *, instance: Endpoint | None = None
+) -> dict[str, Any]:
+    """Validate endpoint fields; ``ValidationError`` with one entry per bad field.
+
+    ``instance``: the endpoint being changed, for rules that involve a field not given
+    (custom values are checked against the payload format, given or current).
+    """
     errors: dict[str, list] = {}
     cleaned: dict[str, Any] = {}
     for name, value in values.items():
@@ -218,6 +240,11 @@ def clean_endpoint_fields(values: Mapping[str, Any]) -> dict[str, Any]:
             cleaned[name] = _clean_field(name, value)
         except ValidationError as exc:
             errors[name] = exc.error_list
+    if "payload_extra" not in errors and "payload_format" not in errors:
+        try:
+            _check_shape(cleaned, instance)
+        except ValidationError as exc:
+            errors.update(exc.error_dict)
     if errors:
         raise ValidationError(errors)
     return cleaned
@@ -290,7 +317,7 @@ def update_endpoint(endpoint: Endpoint, **changes: Any) -> Endpoint:
     """Change URL, events, status and options; never the secret (use rotate_secret)."""
     if "secret" in changes:
         raise ValidationError({"secret": ["The secret cannot be edited; rotate it instead."]})
-    cleaned = clean_endpoint_fields(changes)
+    cleaned = clean_endpoint_fields(changes, instance=endpoint)
     toggles = cleaned.pop("events", None)
     with transaction.atomic():
         for name, value in cleaned.items():
@@ -370,17 +397,16 @@ def send_test(endpoint: Endpoint, data: Mapping[str, Any] | None = None) -> Test
         event, env = events.new_event(events.TEST_EVENT, payload, endpoint.tenant)
         event.save()
         # Claimed by us from the start, so no worker sends it a second time.
-        delivery = Delivery.objects.create(
-            event=event,
-            endpoint=endpoint,
-            tenant=endpoint.tenant,
-            event_type=events.TEST_EVENT,
-            body=events.endpoint_body(endpoint, env, payload),
-            method=endpoint.method,
+        delivery = events.new_delivery(
+            endpoint,
+            event,
+            env,
+            payload,
             claim_token=token,
             # No due time: no worker ever claims a test, even if this process dies.
             next_attempt_at=None,
         )
+        delivery.save()
     delivery.endpoint = endpoint
     delivery.event = event
     outcome = engine.attempt(delivery, endpoint.signing_secrets())
@@ -388,6 +414,86 @@ def send_test(endpoint: Endpoint, data: Mapping[str, Any] | None = None) -> Test
     delivery.refresh_from_db()
     r = outcome.response
     return TestResult(delivery, r.ok, r.status_code, r.duration_ms, r.excerpt, r.error)
+
+
+SIGNATURE_HEADERS = ("webhook-signature", "x-webhook-signature")
+MASK = "••••••••"
+
+
+def mask_signature(value: str) -> str:
+    """``v1,abc= v1,def=`` -> ``v1,•••• v1,••••``; ``sha256=abc`` -> ``sha256=••••``."""
+    masked = []
+    for part in value.split(" "):
+        for sep in (",", "="):
+            if sep in part:
+                masked.append(part.split(sep, 1)[0] + sep + MASK)
+                break
+        else:
+            masked.append(MASK)
+    return " ".join(masked)
+
+
+@dataclass
+class PreviewRequest:
+    """The request an endpoint would receive, its signatures masked."""
+
+    event_type: str
+    subscribed: bool
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: str
+
+
+def preview(
+    endpoint: Endpoint,
+    event_type: str | None = None,
+    *,
+    data: Any = None,
+    event: Any = None,
+) -> PreviewRequest:
+    """What ``endpoint`` would receive for ``event_type``'s example (or ``data``), or for
+    an existing ``event``: method, URL, headers (signatures masked) and body.
+
+    Nothing is saved or sent, and the endpoint may be inactive. The request is built by
+    the code the engine sends with (``events.new_delivery``, ``engine.wire``,
+    ``engine.request_headers``, ``transport.request_url``), so the preview cannot drift
+    from the real thing.
+    """
+    if event is None:
+        if event_type in (None, ""):
+            event_type = (endpoint.event_types or [events.TEST_EVENT])[0]
+        try:
+            events.check_event_type(event_type)
+        except ValidationError as exc:
+            raise ValidationError({"event_type": exc.error_list}) from None
+        if data is None:
+            data = events.event_types()[event_type].get("example") or {}
+        try:
+            event, env = events.new_event(event_type, data, endpoint.tenant)
+        except ValidationError as exc:
+            raise ValidationError({"data": exc.error_list}) from None
+    else:
+        data = event.data
+        env = events.envelope(
+            event.public_id, event.event_type, event.created_at, event.tenant, data
+        )
+    delivery = events.new_delivery(endpoint, event, env, data)
+    delivery.endpoint = endpoint
+    method, body = engine.wire(delivery)
+    headers = engine.request_headers(delivery, body, endpoint.signing_secrets())
+    for name in headers:
+        if name.lower() in SIGNATURE_HEADERS:
+            headers[name] = mask_signature(headers[name])
+    return PreviewRequest(
+        event_type=event.event_type,
+        subscribed=event.event_type in endpoint.event_types,
+        method=method,
+        url=transport.request_url(method, endpoint.url, body),
+        headers=headers,
+        # A GET request has no body: its payload is the URL's query string.
+        body="" if method == Endpoint.Method.GET else body.decode("utf-8"),
+    )
 
 
 def replay(delivery: Delivery) -> Delivery:

@@ -351,6 +351,14 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, when.timestamp() - time.time())
 
 
+def request_url(method: str, url: str, body: bytes) -> str:
+    """Where a request goes: for GET the body is the whole query string (the URL's own
+    parameters included, exactly the bytes that were signed); a fragment is never sent."""
+    if method == "GET":
+        return urlunsplit(urlsplit(url)._replace(query=body.decode(), fragment=""))
+    return requests.Request(method, url).prepare().url  # as _prepared() sends it
+
+
 def send(method: str, url: str, *, body: bytes, headers: dict[str, str]) -> Response:
     """Send one request; never raises for network trouble, never follows redirects."""
     started = time.monotonic()
@@ -371,7 +379,7 @@ def send(method: str, url: str, *, body: bytes, headers: dict[str, str]) -> Resp
     if method == "GET":
         # The body is the whole query string, the URL's own parameters included: exactly
         # the bytes that were signed. A fragment is never sent.
-        prepared.url = urlunsplit(urlsplit(url)._replace(query=body.decode(), fragment=""))
+        prepared.url = request_url(method, url, body)
     prepared.headers["Host"] = host_header
     prepared.webhooks_target = target  # read by PinnedAdapter
     cap = app_settings.RESPONSE_EXCERPT_BYTES

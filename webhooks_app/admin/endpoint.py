@@ -34,7 +34,15 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
         (None, {"fields": ["name", "description", "url", "is_active", "events"]}),
         (
             _("Request"),
-            {"fields": ["method", "headers", "payload_extra", "payload_fields"]},
+            {
+                "fields": [
+                    "method",
+                    "payload_format",
+                    "headers",
+                    "payload_extra",
+                    "payload_fields",
+                ]
+            },
         ),
         (_("Delivery"), {"fields": ["rate_limit", "ordered", "breaker_display"]}),
         (_("Notifications"), {"fields": ["notify_email"]}),
@@ -47,7 +55,15 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
         (None, {"fields": ["name", "description", "url", "is_active", "events", "secret"]}),
         (
             _("Request"),
-            {"fields": ["method", "headers", "payload_extra", "payload_fields"]},
+            {
+                "fields": [
+                    "method",
+                    "payload_format",
+                    "headers",
+                    "payload_extra",
+                    "payload_fields",
+                ]
+            },
         ),
         (_("Delivery"), {"fields": ["rate_limit", "ordered"]}),
         (_("Notifications"), {"fields": ["notify_email"]}),
@@ -248,6 +264,7 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
         wrap = self.admin_site.admin_view
         return [
             path("<path:object_id>/test/", wrap(self.test_view), name=f"{prefix}_test"),
+            path("<path:object_id>/preview/", wrap(self.preview_view), name=f"{prefix}_preview"),
             path(
                 "<path:object_id>/rotate-secret/",
                 wrap(self.rotate_secret_view),

@@ -1,4 +1,5 @@
-"""The endpoint admin's extra pages: Test, Rotate secret, delivery history, replay, recover.
+"""The endpoint admin's extra pages: Test, Preview, Rotate secret, delivery history, replay,
+recover.
 
 Each follows ``UserAdmin.user_change_password``: it gets the object, checks the
 permission, changes data only on POST through a service, logs it, messages, redirects.
@@ -112,6 +113,38 @@ class EndpointPagesMixin:
             example=json.dumps(event_types()[TEST_EVENT]["example"], indent=2),
         )
         return TemplateResponse(request, "webhooks_app/admin/endpoint/test.html", context)
+
+    def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """GET only: what this endpoint would receive for the chosen type's example."""
+        obj = self._get_endpoint(request, object_id, change=False)
+        subscribed = set(obj.event_types)
+        types = sorted(event_types())
+        # Subscribed types first, then the others (and the built-in test event).
+        ordered = [t for t in types if t in subscribed] + [t for t in types if t not in subscribed]
+        type_choices = [
+            (t, t if t in subscribed else _("%(type)s (not subscribed)") % {"type": t})
+            for t in ordered
+        ]
+        preview, error, pretty = None, None, ""
+        try:
+            preview = services.preview(obj, request.GET.get("event_type") or None)
+        except ValidationError as exc:
+            error = " ".join(exc.messages)
+        if preview and preview.body:
+            try:
+                pretty = json.dumps(json.loads(preview.body), indent=2, ensure_ascii=False)
+            except ValueError:
+                pretty = ""
+        context = self._context(
+            request,
+            obj,
+            _("Preview"),
+            preview=preview,
+            error=error,
+            pretty=pretty,
+            type_choices=type_choices,
+        )
+        return TemplateResponse(request, "webhooks_app/admin/endpoint/preview.html", context)
 
     def rotate_secret_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         obj = self._get_endpoint(request, object_id, change=True)

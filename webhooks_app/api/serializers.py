@@ -155,6 +155,13 @@ class EndpointSerializer(StrictSerializer):
         required=False,
         help_text="Keys of the event data to send (dotted for nested keys); empty: all.",
     )
+    payload_format = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=50,
+        help_text="The shape of the JSON sent: standard, flat, type, cloudevents, or a "
+        "format the site registered; empty: the site's default. See /payload-formats/.",
+    )
     notify_email = serializers.EmailField(required=False, allow_blank=True)
     rate_limit = StrictIntegerField(
         required=False,
@@ -191,6 +198,7 @@ class EndpointSerializer(StrictSerializer):
         "headers": {},
         "payload_extra": {},
         "payload_fields": [],
+        "payload_format": "",
         "notify_email": "",
         "rate_limit": None,
         "ordered": False,
@@ -298,6 +306,21 @@ class RotateSecretResponseSerializer(serializers.Serializer):
     )
 
 
+class PreviewSerializer(serializers.Serializer):
+    event_type = serializers.CharField()
+    subscribed = serializers.BooleanField(
+        help_text="Whether the endpoint receives this type (if it is active)."
+    )
+    method = serializers.CharField()
+    url = serializers.CharField(help_text="For GET endpoints, with the query that is sent.")
+    headers = serializers.DictField(
+        child=serializers.CharField(), help_text="As sent, with the signatures masked."
+    )
+    body = serializers.CharField(
+        allow_blank=True, help_text="The exact body (empty for GET: see the URL)."
+    )
+
+
 # Deliveries ------------------------------------------------------------------------------
 class DeliveryAttemptSerializer(serializers.ModelSerializer):
     class Meta:
@@ -357,6 +380,17 @@ class EventTypeSerializer(serializers.Serializer):
     subscribable = serializers.BooleanField(
         help_text="false for built-in types (webhook.test) that endpoints cannot subscribe to."
     )
+
+
+class PayloadFormatSerializer(serializers.Serializer):
+    name = serializers.CharField(help_text="The value of an endpoint's payload_format.")
+    label = serializers.CharField()
+    content_type = serializers.CharField(help_text="The Content-Type of POST bodies.")
+    envelope = serializers.BooleanField(
+        help_text='The data is wrapped in keys of the format\'s own (test events add '
+        '"test": true beside them).'
+    )
+    default = serializers.BooleanField(help_text="The site's default format.")
 
 
 class StatsSerializer(serializers.Serializer):

@@ -20,6 +20,9 @@ urlpatterns = [
         views.EventTypeSampleView.as_view(),
         name="webhooks-event-type-sample",
     ),
+    path(
+        "payload-formats/", views.PayloadFormatListView.as_view(), name="webhooks-payload-formats"
+    ),
     path("stats/", views.StatsView.as_view(), name="webhooks-stats"),
     path("schema/", SchemaView.as_view(), name="webhooks-schema"),
 ]

@@ -25,10 +25,10 @@ from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
 from rest_framework.views import APIView
 
-from .. import events, queries, services
+from .. import events, formats, queries, services
 from ..models import Delivery, Endpoint, new_event_id
 from . import serializers as s
-from .filters import DeliveryFilter, EndpointFilter, TenantDeliveryFilter
+from .filters import DeliveryFilter, EndpointFilter, PreviewQuery, TenantDeliveryFilter
 from .pagination import MAX_ID, IdCursorPagination
 from .parsers import BoundedJSONParser
 from .permissions import HasTenant, api_authentication_classes, api_permission_classes
@@ -227,6 +227,21 @@ class EndpointViewSet(
         return Response(s.TestResultSerializer(result).data)
 
     @extend_schema(
+        summary="Preview what the endpoint would receive",
+        description="The request this endpoint would get for an event type's example: "
+        "method, URL, headers (signatures masked) and body, built by the code that sends "
+        "webhooks. Nothing is sent or saved; works for inactive endpoints too.",
+        parameters=[PreviewQuery],
+        responses={200: s.PreviewSerializer, **BAD_REQUEST, **COMMON_ERRORS, **NOT_FOUND},
+    )
+    @action(detail=True, methods=["get"])
+    def preview(self, request: Request, pk: str | None = None) -> Response:
+        endpoint = self.get_object()
+        values = PreviewQuery.apply(None, request.query_params)
+        result = services.preview(endpoint, values.get("event_type"))
+        return Response(s.PreviewSerializer(result).data)
+
+    @extend_schema(
         summary="Rotate the signing secret",
         description="Returns the new secret, once. With `grace`, requests are signed with "
         "both secrets until the grace period ends.",
@@ -381,6 +396,28 @@ class EventTypeListView(WebhooksAPIMixin, APIView):
             for name, info in sorted(events.event_types().items())
         ]
         return Response(s.EventTypeSerializer(rows, many=True).data)
+
+
+class PayloadFormatListView(WebhooksAPIMixin, APIView):
+    """The payload formats endpoints can choose (built in and registered by the site)."""
+
+    @extend_schema(
+        summary="List payload formats",
+        responses={200: s.PayloadFormatSerializer(many=True), **COMMON_ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        default = formats.default_name()
+        rows = [
+            {
+                "name": f.name,
+                "label": f.label,
+                "content_type": f.content_type,
+                "envelope": f.envelope,
+                "default": f.name == default,
+            }
+            for f in formats.payload_formats().values()
+        ]
+        return Response(s.PayloadFormatSerializer(rows, many=True).data)
 
 
 class StatsView(WebhooksAPIMixin, APIView):
