@@ -200,7 +200,9 @@ def test_edit_test_rotate_history_replay_delete(client, alice, make_endpoint, re
     assert "webhook.test" in detail and "500" in detail and "This is a test webhook" in detail
     replay = client.post(url("replay", endpoint.pk, failed[0].pk))
     assert replay.status_code == 302
-    assert Delivery.objects.get(pk=failed[0].pk).status == "pending"
+    # A replayed test is sent at once by the request, like Test (never by a worker).
+    assert Delivery.objects.get(pk=failed[0].pk).status == "succeeded"
+    assert len(receiver.wait_for(3)) == 3
     assert client.get(url("replay", endpoint.pk, failed[0].pk)).status_code == 405
     # Delete: a confirmation page, then the POST.
     confirm = client.get(url("delete", endpoint.pk))
@@ -520,3 +522,14 @@ def test_own_secret_verifies_with_standardwebhooks_as_the_panel_says(make_endpoi
     (request,) = receiver.wait_for(1)
     wh = standardwebhooks.Webhook("whsec_" + base64.b64encode(own.encode()).decode())
     assert wh.verify(request.body, request.headers)["event"] == "webhook.test"
+
+
+def test_a_magic_session_ends_after_portal_session_seconds(client, monkeypatch):
+    import time as time_module
+
+    with webhooks_settings(PORTAL_SESSION_SECONDS=60):
+        client.post(magic_link("acme"))
+    assert client.get(url("list")).status_code == 200
+    later = time_module.time() + 61
+    monkeypatch.setattr("webhooks_app.portal.access.time.time", lambda: later)
+    assert client.get(url("list")).status_code == 302

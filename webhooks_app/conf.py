@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
     # heartbeat, about every third of this) while it sends, however long a send takes;
     # a killed worker stops renewing, and its deliveries are sent again by another
     # worker once this runs out: crash recovery in seconds, not minutes.
-    "LEASE_SECONDS": 8.0,
+    "LEASE_SECONDS": 6.0,
     # Body bytes one worker holds at a time (claimed, queued or being sent); at least one
     # delivery is always claimed, however large. Keeps worker memory flat with big events.
     "CLAIM_MAX_BYTES": 8 * 1024 * 1024,
@@ -124,9 +124,19 @@ DEFAULTS: dict[str, Any] = {
     # services.recover() (admin, API, command): bulk recoveries per tenant, "N/period"
     # with period second, minute, hour or day. None: unlimited.
     "RECOVER_RATE": "10/hour",
+    # Per endpoint: the custom payload values' size (bytes of their JSON), since they are
+    # copied into every delivery row of that endpoint. 0: no limit.
+    "MAX_PAYLOAD_EXTRA_BYTES": 8192,
+    # Endpoints one tenant may have (each emit writes a row per endpoint). 0: no limit.
+    "MAX_ENDPOINTS_PER_TENANT": 100,
     # The metrics view (webhooks_app.metrics.urls) answers only requests carrying
     # "Authorization: Bearer <token>" when set; None: whoever reaches the URL.
     "METRICS_TOKEN": None,
+    # Every delivery leaves through this HTTP(S) proxy ("http://proxy.internal:3128",
+    # credentials allowed in the URL), so receivers can allow-list one egress address.
+    # The SSRF check still applies to the destination, before the proxy is contacted,
+    # and the proxy is asked for the checked address, not the name. None: direct.
+    "PROXY": None,
 }
 
 
@@ -350,8 +360,25 @@ class AppSettings:
         return int(number), float(seconds)
 
     @property
+    def MAX_PAYLOAD_EXTRA_BYTES(self) -> int:
+        return max(0, int(self._get("MAX_PAYLOAD_EXTRA_BYTES") or 0))
+
+    @property
+    def MAX_ENDPOINTS_PER_TENANT(self) -> int:
+        return max(0, int(self._get("MAX_ENDPOINTS_PER_TENANT") or 0))
+
+    @property
     def METRICS_TOKEN(self) -> str | None:
         return self._get("METRICS_TOKEN") or None
+
+    @property
+    def PROXY(self) -> str | None:
+        value = self._get("PROXY") or None
+        if value is not None and not str(value).lower().startswith(("http://", "https://")):
+            raise ImproperlyConfigured(
+                "WEBHOOKS_APP['PROXY'] must be an http:// or https:// URL of the proxy."
+            )
+        return value
 
 
 app_settings = AppSettings()

@@ -133,6 +133,7 @@ class EndpointSerializer(StrictSerializer):
     description = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
     url = StrictCharField(
         max_length=2000,
+        trim_whitespace=False,  # services refuses whitespace in a URL, it does not guess
         help_text="Where webhooks are sent. https only unless the site allows http; "
         "private and reserved addresses are refused.",
     )
@@ -142,7 +143,8 @@ class EndpointSerializer(StrictSerializer):
     headers = serializers.DictField(
         child=StrictCharField(allow_blank=True, trim_whitespace=False),
         required=False,
-        help_text="Custom headers sent with every request.",
+        help_text="Custom headers sent with every request. Values are stored encrypted "
+        "and shown masked (`Bearer ••••1a2b`); send a masked value back unchanged to keep it.",
     )
     payload_extra = serializers.DictField(
         child=serializers.JSONField(),
@@ -203,6 +205,12 @@ class EndpointSerializer(StrictSerializer):
         "rate_limit": None,
         "ordered": False,
     }
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if isinstance(instance, Endpoint):
+            data["headers"] = instance.masked_headers()  # values are credentials
+        return data
 
     def service_values(self) -> dict[str, Any]:
         """Validated data keyed as ``services`` names them."""
@@ -372,6 +380,30 @@ class DeliveryDetailSerializer(DeliverySerializer):
         return delivery.payload_bytes().decode("utf-8")
 
 
+# Events ----------------------------------------------------------------------------------
+class EventSerializer(serializers.Serializer):
+    id = serializers.CharField(
+        source="public_id", help_text="The event id (evt_...), also sent as webhook-id."
+    )
+    event_type = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class EventDeliverySerializer(DeliverySerializer):
+    endpoint_name = serializers.CharField(source="endpoint.name", read_only=True)
+
+    class Meta(DeliverySerializer.Meta):
+        fields = [*DeliverySerializer.Meta.fields, "endpoint_name"]
+        read_only_fields = fields
+
+
+class EventDetailSerializer(EventSerializer):
+    data = serializers.JSONField(help_text="The event's data as emitted.")
+    deliveries = EventDeliverySerializer(
+        source="delivery_rows", many=True, help_text="The deliveries it produced, oldest first."
+    )
+
+
 # Registry and stats ----------------------------------------------------------------------
 class EventTypeSerializer(serializers.Serializer):
     name = serializers.CharField()
@@ -387,7 +419,7 @@ class PayloadFormatSerializer(serializers.Serializer):
     label = serializers.CharField()
     content_type = serializers.CharField(help_text="The Content-Type of POST bodies.")
     envelope = serializers.BooleanField(
-        help_text='The data is wrapped in keys of the format\'s own (test events add '
+        help_text="The data is wrapped in keys of the format's own (test events add "
         '"test": true beside them).'
     )
     default = serializers.BooleanField(help_text="The site's default format.")
