@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django.db import close_old_connections, connections
 
-from . import engine
+from . import engine, timers
 from .conf import app_settings
 
 logger = logging.getLogger("webhooks_app.dispatcher")
@@ -64,8 +64,14 @@ class Dispatcher:
 
     # Loop -----------------------------------------------------------------------------
     def _run(self) -> None:
+        next_timers = 0.0
         while not self._stop.is_set():
             try:
+                # Inactivity timers (touch()) at most once per poll interval, not on every
+                # wake-up: their deadlines need seconds, not milliseconds.
+                if time.monotonic() >= next_timers:
+                    next_timers = time.monotonic() + app_settings.POLL_INTERVAL
+                    timers.fire_due()
                 self.pump()
             except Exception:
                 logger.exception("dispatcher loop failed; retrying after the poll interval")

@@ -116,6 +116,8 @@ def release(token: str, ids: Iterable[int]) -> None:
 def request_headers(delivery: Delivery, body: bytes, keys: list[str]) -> dict[str, str]:
     endpoint = delivery.endpoint
     headers = {"User-Agent": USER_AGENT, "X-Webhook-Event": delivery.event_type}
+    if delivery.event.is_test:
+        headers["webhook-test"] = "true"  # send_test(): receivers can skip side effects
     if endpoint.method == Endpoint.Method.POST:
         headers["Content-Type"] = "application/json"
     headers.update({str(k): str(v) for k, v in (endpoint.headers or {}).items()})

@@ -18,7 +18,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
-from . import engine, events, signing, transport
+from . import engine, events, matching, signing, transport
 from .conf import app_settings
 from .models import Delivery, Endpoint, Subscription
 
@@ -42,6 +42,7 @@ UPDATABLE = (
     "headers",
     "payload_extra",
     "payload_fields",
+    "payload_filter",
     "events",
     "notify_email",
 )
@@ -52,16 +53,26 @@ def reserved_payload_keys() -> set[str]:
 
 
 # Validation ------------------------------------------------------------------------------
-def _clean_events(value: Any) -> dict[str, bool]:
-    """``["a", "b"]`` or ``{"a": True, "b": False}`` -> {type: enabled}."""
+def _clean_events(value: Any, subscribed: Iterable[str] = ()) -> dict[str, bool]:
+    """``["a", "b"]`` or ``{"a": True, "b": False}`` -> {type: enabled}.
+
+    Names are declared types or wildcards (``user.*``, ``*``). A deprecated type is refused
+    unless it is among ``subscribed`` (the endpoint's current subscriptions), which keep
+    working.
+    """
     if isinstance(value, str) or not isinstance(value, Mapping | list | tuple | set):
         raise ValidationError("Give a list of event types.", code="invalid")
     toggles = dict(value) if isinstance(value, Mapping) else {name: True for name in value}
     if not toggles:
         raise ValidationError("Select at least one event.", code="required")
     known = events.event_types()
+    if any(not isinstance(n, str) for n in toggles):
+        raise ValidationError("Event types must be text.", code="invalid")
+    patterns = [n for n in toggles if "*" in n]
+    for name in patterns:
+        matching.validate_pattern(name)
     unknown = [
-        n for n in toggles if not isinstance(n, str) or n not in known or n == events.TEST_EVENT
+        n for n in toggles if "*" not in n and (n not in known or n == events.TEST_EVENT)
     ]
     if unknown:
         raise ValidationError(
@@ -69,6 +80,16 @@ def _clean_events(value: Any) -> dict[str, bool]:
             code="unknown_event_type",
             params={"names": ", ".join(map(str, unknown))},
         )
+    kept = set(subscribed)
+    deprecated = [n for n in toggles if n in known and known[n]["deprecated"] and n not in kept]
+    if deprecated:
+        raise ValidationError(
+            "%(names)s is deprecated and can no longer be subscribed to.",
+            code="deprecated_event_type",
+            params={"names": ", ".join(deprecated)},
+        )
+    if any(len(n) > 100 for n in toggles):
+        raise ValidationError("Event types have at most 100 characters.", code="invalid")
     if any(not isinstance(v, bool) for v in toggles.values()):
         raise ValidationError("Event toggles must be true or false.", code="invalid")
     return toggles
@@ -188,13 +209,21 @@ def _clean_field(name: str, value: Any) -> Any:
         return _clean_payload_extra(value)
     if name == "payload_fields":
         return _clean_payload_fields(value)
+    if name == "payload_filter":
+        return matching.clean_filter(value)
     if name == "events":
         return _clean_events(value)
     raise ValidationError("Unknown field.", code="unknown")
 
 
-def clean_endpoint_fields(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate endpoint fields; ``ValidationError`` with one entry per bad field."""
+def clean_endpoint_fields(
+    values: Mapping[str, Any], *, endpoint: Endpoint | None = None
+) -> dict[str, Any]:
+    """Validate endpoint fields; ``ValidationError`` with one entry per bad field.
+
+    ``endpoint``: the endpoint being changed (its current subscriptions may keep types
+    that have since been deprecated); None for a new one.
+    """
     errors: dict[str, list] = {}
     cleaned: dict[str, Any] = {}
     for name, value in values.items():
@@ -202,6 +231,10 @@ def clean_endpoint_fields(values: Mapping[str, Any]) -> dict[str, Any]:
             errors[name] = [ValidationError("Unknown field.", code="unknown")]
             continue
         try:
+            if name == "events" and endpoint is not None and endpoint.pk:
+                subscribed = endpoint.subscriptions.values_list("event_type", flat=True)
+                cleaned[name] = _clean_events(value, subscribed)
+                continue
             cleaned[name] = _clean_field(name, value)
         except ValidationError as exc:
             errors[name] = exc.error_list
@@ -277,7 +310,7 @@ def update_endpoint(endpoint: Endpoint, **changes: Any) -> Endpoint:
     """Change URL, events, status and options; never the secret (use rotate_secret)."""
     if "secret" in changes:
         raise ValidationError({"secret": ["The secret cannot be edited; rotate it instead."]})
-    cleaned = clean_endpoint_fields(changes)
+    cleaned = clean_endpoint_fields(changes, endpoint=endpoint)
     toggles = cleaned.pop("events", None)
     with transaction.atomic():
         for name, value in cleaned.items():
@@ -341,19 +374,45 @@ class TestResult:
     error: str
 
 
-def send_test(endpoint: Endpoint, data: Mapping[str, Any] | None = None) -> TestResult:
-    """Send a ``webhook.test`` event now, in this thread; recorded in the history."""
-    payload = dict(data or {"message": "This is a test webhook"})
+def send_test(
+    endpoint: Endpoint,
+    data: Mapping[str, Any] | None = None,
+    *,
+    event_type: str = events.TEST_EVENT,
+) -> TestResult:
+    """Send a test event now, in this thread; recorded in the history.
+
+    ``event_type`` (default the built-in ``webhook.test``) picks the declared type whose
+    example payload is sent (``data`` overrides it). Every test carries a
+    ``webhook-test: true`` header and ``"test": true`` in the envelope.
+    """
+    if not isinstance(event_type, str):
+        raise ValidationError({"event_type": ["Give an event type name."]})
+    info = events.event_types().get(event_type)
+    if info is None:
+        raise ValidationError(
+            {"event_type": [f"Unknown event type {event_type!r}; see the event catalogue."]}
+        )
+    payload = data if data is not None else info["example"]
+    payload = {} if payload is None else payload
+    if info["schema"] and app_settings.VALIDATE_PAYLOADS:
+        try:
+            events.validate_payload(event_type, payload, info)
+        except ValidationError as exc:
+            raise ValidationError({"data": exc.error_list}) from None
     token = _secrets.token_hex(16)
     with transaction.atomic():
-        event, env = events.new_event(events.TEST_EVENT, payload, endpoint.tenant)
+        try:
+            event, env = events.new_event(event_type, payload, endpoint.tenant, test=True)
+        except ValidationError as exc:
+            raise ValidationError({"data": exc.error_list}) from None
         event.save()
         # Claimed by us from the start, so no worker sends it a second time.
         delivery = Delivery.objects.create(
             event=event,
             endpoint=endpoint,
             tenant=endpoint.tenant,
-            event_type=events.TEST_EVENT,
+            event_type=event_type,
             body=events.endpoint_body(endpoint, env, payload),
             claim_token=token,
             # No due time: no worker ever claims a test, even if this process dies.

@@ -246,7 +246,8 @@ class EndpointChangeForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         try:
-            services.clean_endpoint_fields(self.service_values())
+            endpoint = self.instance if self.instance.pk else None
+            services.clean_endpoint_fields(self.service_values(), endpoint=endpoint)
         except ValidationError as exc:
             self._add_service_errors(exc)
         return cleaned
