@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import datetime as dt
 import json
 import os
@@ -34,11 +35,27 @@ RESULTS = BENCH / "results"
 PEER_SITE = BENCH / "peers" / "django_webhook_site"
 PEER_VENV = Path(os.environ.get("BENCH_PEER_VENV", ROOT / "var" / "peer-venv"))
 PY = sys.executable
-REDIS_DB_OURS, REDIS_DB_PEER = 5, 6
-PG_DB, PG_DB_PEER = "webhooks_bench", "webhooks_bench_peer"
+# Names on the shared Redis and PostgreSQL; override them where other people's test runs
+# use the defaults. Ours and the peer's never run at the same time, so one Redis db can
+# serve both (each is flushed before use).
+REDIS_DB_OURS = int(os.environ.get("BENCH_REDIS_DB", "5"))
+REDIS_DB_PEER = int(os.environ.get("BENCH_REDIS_DB_PEER", "6"))
+PG_DB = os.environ.get("BENCH_PG_DB", "webhooks_bench")
+PG_DB_PEER = os.environ.get("BENCH_PG_DB_PEER", f"{PG_DB}_peer")
+CLUSTER_NAME = os.environ.get("BENCH_CLUSTER_NAME", "webhooks_bench")
 RETRY_SCHEDULE = [0.0, 1.0, 2.0, 4.0]
 DEAD_TIMEOUT = 5.0
-ALL_SCENARIOS = ["burst", "fanout", "request", "latency", "retry", "dead", "large_history"]
+ALL_SCENARIOS = [
+    "burst",
+    "fanout",
+    "memory",
+    "request",
+    "latency",
+    "retry",
+    "dead",
+    "large_history",
+]
+LARGE_EVENT_BYTES = 256 * 1024
 
 # ---------------------------------------------------------------------------------------
 # Processes: every child runs in its own session and is ended by its process group.
@@ -397,6 +414,43 @@ class Cluster:
 
 
 # ---------------------------------------------------------------------------------------
+# The request path's bare save: a model of the bench's own, no webhook bound to it.
+# ---------------------------------------------------------------------------------------
+_bench_customer = None
+
+
+def bench_customer_model():
+    """A Customer-like model (the peer site saves the same two columns), defined here so
+    the demo project needs no bench-only table; created by ensure_bench_customer_table()."""
+    global _bench_customer
+    if _bench_customer is None:
+        from django.db import models
+
+        class BenchCustomer(models.Model):
+            username = models.CharField(max_length=100)
+            email = models.CharField(max_length=200)
+
+            class Meta:
+                app_label = "receiver"
+                db_table = "bench_customer"
+
+            def __str__(self) -> str:
+                return self.username
+
+        _bench_customer = BenchCustomer
+    return _bench_customer
+
+
+def ensure_bench_customer_table() -> None:
+    from django.db import connection
+
+    model = bench_customer_model()
+    if model._meta.db_table not in connection.introspection.table_names():
+        with connection.schema_editor() as editor:
+            editor.create_model(model)
+
+
+# ---------------------------------------------------------------------------------------
 # The bench.
 # ---------------------------------------------------------------------------------------
 class Bench:
@@ -408,6 +462,7 @@ class Bench:
         self.dead = DeadEndpoint()
         self.run_no = 0
         self.tag = ""
+        self.profiles: dict[str, list[Path]] = {}  # scenario -> py-spy output files
         ensure_redis(tmp)
         if self.mode == "postgres":
             ensure_postgres()
@@ -422,7 +477,7 @@ class Bench:
             **os.environ,
             "DATABASE_URL": db_url,
             "Q_WORKERS": str(args.workers),
-            "Q_CLUSTER_NAME": "webhooks_bench",
+            "Q_CLUSTER_NAME": CLUSTER_NAME,
             "WEBHOOKS_RETRY_SCHEDULE": ",".join(f"{s:g}" for s in RETRY_SCHEDULE),
             "WEBHOOKS_TIMEOUT": f"{DEAD_TIMEOUT:g}",
             "WEBHOOKS_LOG_LEVEL": "WARNING",
@@ -481,9 +536,14 @@ class Bench:
 
         from webhooks_app.models import Delivery, DeliveryAttempt, Endpoint, Event, Subscription
 
+        tables = [
+            m._meta.db_table for m in (DeliveryAttempt, Delivery, Event, Subscription, Endpoint)
+        ]
+        if "bench_customer" in connection.introspection.table_names():
+            tables.append("bench_customer")
         with connection.cursor() as c:
-            for model in (DeliveryAttempt, Delivery, Event, Subscription, Endpoint):
-                c.execute(f"DELETE FROM {model._meta.db_table}")
+            for table in tables:
+                c.execute(f"DELETE FROM {table}")
         get_broker().purge_queue()
         if self.mode == "postgres":
             flush_redis(REDIS_DB_OURS)
@@ -544,19 +604,40 @@ class Bench:
 
         def attach() -> None:
             deadline = time.monotonic() + 15
-            pids: list[int] = []
-            while not pids and time.monotonic() < deadline:
-                time.sleep(0.2)  # sender threads start with the first chunk
-                pids = cluster.worker_pids()
-            for pid in pids:
-                out = RESULTS / f"profile-{self.mode}-{name}-{pid}.txt"
-                spawn(
-                    [spy, "record", "-f", "raw", "-o", str(out), "--pid", str(pid)]
-                    + ["-d", str(seconds), "-r", "50", "--nonblocking"],
-                    log=RESULTS / "py-spy.log",
-                )
+            seen: set[int] = set()
+            # Each worker as soon as its sender threads exist (they start with its first
+            # chunk), so that every worker is recorded, not only the first one busy.
+            while len(seen) < cluster.workers and time.monotonic() < deadline:
+                time.sleep(0.1)
+                for pid in cluster.worker_pids():
+                    if pid in seen:
+                        continue
+                    seen.add(pid)
+                    out = RESULTS / f"profile-{self.mode}-{name}-{pid}.txt"
+                    self.profiles.setdefault(name, []).append(out)
+                    spawn(
+                        [spy, "record", "-f", "raw", "-o", str(out), "--pid", str(pid)]
+                        + ["-d", str(seconds), "-r", "100", "--nonblocking"],
+                        log=RESULTS / "py-spy.log",
+                    )
 
         threading.Thread(target=attach, daemon=True).start()
+
+    def profile_self(self, name: str) -> subprocess.Popen | None:
+        """With --profile: py-spy records this process (the emitting site) until stopped
+        with SIGINT; collapsed stacks in ``bench/results/profile-<mode>-<name>-<pid>.txt``."""
+        spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+        if not self.args.profile or not os.path.exists(spy):
+            return None
+        out = RESULTS / f"profile-{self.mode}-{name}-{os.getpid()}-{self.run_no}.txt"
+        self.profiles.setdefault(name, []).append(out)
+        p = spawn(
+            [spy, "record", "-f", "raw", "-o", str(out), "--pid", str(os.getpid())]
+            + ["-r", "200", "--nonblocking"],
+            log=RESULTS / "py-spy.log",
+        )
+        time.sleep(1.0)  # py-spy attaches
+        return p
 
     # references ---------------------------------------------------------------------------
     def ceiling(self) -> dict:
@@ -578,19 +659,19 @@ class Bench:
         ):
             url = self.receiver.url(f"/{self.tag}/ceil-{name}")
             s = requests.Session() if use_session else None
-            done, t0 = 0, time.perf_counter()
+            done, t0, cpu0 = 0, time.perf_counter(), time.thread_time()
             while done < n and time.perf_counter() - t0 < 10:
                 r = (s or requests).post(url, data=body, headers=headers, timeout=5)
                 r.raise_for_status()
                 done += 1
             out[name] = done / (time.perf_counter() - t0)
+            # The client's own CPU per request: what a delivery's CPU is compared with.
+            out[f"{name}_cpu_ms"] = 1000 * (time.thread_time() - cpu0) / max(1, done)
         return out
 
-    def peer(self, events: int, n_endpoints: int, name: str) -> dict | None:
-        """django-webhook: same deliveries, same receiver, celery -c <workers>, Redis."""
-        if not self.peer_ok or self.args.no_peer:
-            return None
-        flush_redis(REDIS_DB_PEER)
+    @contextlib.contextmanager
+    def peer_worker(self, name: str):
+        """django-webhook's Celery worker (prefork, ``-c <workers>``) while the block runs."""
         log = self.tmp / f"celery-{name}-{self.run_no}.log"
         worker = spawn(
             [
@@ -616,35 +697,37 @@ class Bench:
         )
         try:
             wait_for_text(log, "ready.", worker, timeout=60)
+            yield worker
+        finally:
+            stop(worker, wait=15)
+
+    def peer(self, events: int, n_endpoints: int, name: str) -> dict | None:
+        """django-webhook: same deliveries, same receiver, celery -c <workers>, Redis."""
+        if not self.peer_ok or self.args.no_peer:
+            return None
+        flush_redis(REDIS_DB_PEER)
+        with self.peer_worker(name):
             prefix = f"/{self.tag}/peer-{name}/"
             urls = [self.receiver.url(f"{prefix}e{k}") for k in range(n_endpoints)]
-            drv = self._peer_drive(events, urls, self.args.batch)
-            if drv is None:
+            info = self._peer_drive(events, urls, self.args.batch)
+            if info is None:
                 return None
-            info = drv
             total = events * n_endpoints
             got = self.receiver.wait_count(prefix, total, timeout=self.args.drain_timeout)
             end = max(line[0] for line in got) if got else time.time()
-            out = {
+            return {
                 "deliveries": len(got),
                 "expected": total,
                 "rate": len(got) / (end - info["t_first"]),
             }
-            if name == "burst" and "request" in self.args.scenarios:
-                # The request path: one create per transaction, as a view does.
-                url = self.receiver.url(f"/{self.tag}/peer-request/e0")
-                req = self._peer_drive(self.args.request_emits, [url], 1, spacing=0.002)
-                if req:
-                    out["request_emit_median_ms"] = req["emit_median_ms"]
-                    out["request_emit_p99_ms"] = req["emit_p99_ms"]
-            return out
-        finally:
-            stop(worker, wait=15)
 
-    def _peer_drive(self, events: int, urls: list[str], batch: int, spacing: float = 0.0):
+    def _peer_drive(
+        self, events: int, urls: list[str], batch: int, spacing: float = 0.0, request=False
+    ):
         drv = subprocess.run(
             [PEER_VENV / "bin" / "python", "drive.py", "--events", str(events)]
-            + ["--urls", ",".join(urls), "--batch", str(batch), "--spacing", str(spacing)],
+            + ["--urls", ",".join(urls), "--batch", str(batch), "--spacing", str(spacing)]
+            + (["--request"] if request else []),
             cwd=PEER_SITE,
             env=self.peer_env,
             capture_output=True,
@@ -698,53 +781,141 @@ class Bench:
             / max(1e-9, machine1[1] - machine0[1]),
         }
 
-    def request_path(self) -> dict:
-        """emit() in a view's transaction, 1 and 10 endpoints: first with no cluster
-        running (the site's own cost; key "<n>_idle"), then while the cluster delivers
-        every event 2 ms after it is emitted, on the same 2 cores (key "<n>")."""
+    def memory(self, events: int) -> dict:
+        """Peak RSS of each worker while it delivers ``events`` events of 256 KiB each."""
+        from django.db import transaction
+
+        from webhooks_app import emit
+
         self.reset()
-        prefix = f"/{self.tag}/request/"
+        prefix = f"/{self.tag}/memory/"
+        self.endpoints([self.receiver.url(f"{prefix}e0")])
+        # Printable and incompressible enough; the envelope adds ~150 bytes.
+        blob = "".join(random.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=LARGE_EVENT_BYTES))
+        # A backlog (as after an outage of the receiver or of the cluster): the worst
+        # case for a claim, which then finds every event due at once.
+        for start in range(0, events, 10):
+            with transaction.atomic():
+                for i in range(start, min(start + 10, events)):
+                    emit("user.created", {"id": i, "blob": blob})
+        cluster = self.start_cluster()
+        try:
+            baseline = cluster.worker_peaks_mb()
+            t_first = time.time()
+            got = self.receiver.wait_count(prefix, events, timeout=self.args.drain_timeout)
+            end = max(line[0] for line in got) if got else time.time()
+            peaks = cluster.worker_peaks_mb()
+        finally:
+            cluster.stop()
+        return {
+            "deliveries": len(got),
+            "expected": events,
+            "rate": len(got) / (end - t_first),
+            "event_bytes": LARGE_EVENT_BYTES,
+            "worker_peak_rss_mb": peaks,
+            "worker_rss_before_mb": baseline,
+        }
+
+    # The request path: a view's transaction with a model save, with and without emit().
+    REQUEST_KINDS = (
+        ("bare", None),  # the save alone: the reference
+        ("none", "user.deleted"),  # emit() of a type no endpoint subscribes to
+        ("one", "user.created"),  # 1 subscribed endpoint
+        ("ten", "user.updated"),  # 10 subscribed endpoints
+    )
+
+    def _request_endpoints(self, prefix: str) -> None:
         self.endpoints([self.receiver.url(f"{prefix}one")], events=["user.created"])
         self.endpoints(
             [self.receiver.url(f"{prefix}ten{k}") for k in range(10)], events=["user.updated"]
         )
-        kinds = (("1", "user.created"), ("10", "user.updated"))
 
-        def measure(event_type: str, spacing: float) -> dict:
+    def request_sample(self, i: int, event_type: str | None) -> tuple[float, float]:
+        """One view-like transaction: (whole block, the emit() call) in seconds. The
+        block is what the view pays: BEGIN, the save, emit(), COMMIT, the on-commit wake."""
+        from django.db import transaction
+
+        from webhooks_app import emit
+
+        model = bench_customer_model()
+        t0 = time.perf_counter()
+        with transaction.atomic():
+            model.objects.create(username=f"user{i}", email=f"user{i}@example.com")
+            t1 = time.perf_counter()
+            if event_type:
+                emit(
+                    event_type,
+                    {"id": i, "username": f"user{i}", "email": f"user{i}@example.com"},
+                )
+            t2 = time.perf_counter()
+        return time.perf_counter() - t0, t2 - t1
+
+    def request_path(self) -> dict:
+        """Save vs save + emit() in one view transaction each, the kinds interleaved so
+        that the machine's drift hits all alike: first with no cluster running (key
+        "idle", back to back), then while the cluster delivers every event 2 ms after it
+        is emitted ("draining"); django-webhook the same way on the same database kind."""
+        prefix = f"/{self.tag}/request/"
+
+        def measure(spacing: float, profile_name: str = "") -> dict:
             for i in range(20):  # warm-up
-                self.emit_one(i, event_type)
-            begin_s, emit_s, commit_s = [], [], []
-            for i in range(self.args.request_emits):
-                b, e, c = self.emit_one(i, event_type)
-                begin_s.append(b * 1000)
-                emit_s.append(e * 1000)
-                commit_s.append(c * 1000)
-                if spacing:
-                    time.sleep(spacing)
+                for _, event_type in self.REQUEST_KINDS:
+                    self.request_sample(i, event_type)
+            spy = self.profile_self(profile_name) if profile_name else None
+            total: dict[str, list[float]] = {k: [] for k, _ in self.REQUEST_KINDS}
+            call: dict[str, list[float]] = {k: [] for k, _ in self.REQUEST_KINDS}
+            try:
+                for i in range(self.args.request_emits):
+                    for kind, event_type in self.REQUEST_KINDS:
+                        t, e = self.request_sample(i, event_type)
+                        total[kind].append(t * 1000)
+                        call[kind].append(e * 1000)
+                        if spacing:
+                            time.sleep(spacing)
+            finally:
+                if spy is not None:
+                    stop(spy, sig=signal.SIGINT, wait=20)
             return {
-                "begin_median_ms": statistics.median(begin_s),
-                "begin_p99_ms": pct(begin_s, 99),
-                "emit_median_ms": statistics.median(emit_s),
-                "emit_p99_ms": pct(emit_s, 99),
-                "commit_wake_median_ms": statistics.median(commit_s),
-                "commit_wake_p99_ms": pct(commit_s, 99),
+                kind: {
+                    "median_ms": statistics.median(total[kind]),
+                    "p99_ms": pct(total[kind], 99),
+                    "emit_median_ms": statistics.median(call[kind]),
+                    "emit_p99_ms": pct(call[kind], 99),
+                }
+                for kind, _ in self.REQUEST_KINDS
             }
 
+        ensure_bench_customer_table()
+        self.reset()
+        self._request_endpoints(prefix)
         # Idle: back to back, as in a busy web process. (Sleeping between emits lets this
         # VM's vCPU go idle, and the next emit then runs cold: about 2x slower measured.)
-        out = {f"{label}_idle": measure(event_type, 0) for label, event_type in kinds}
+        out: dict = {"idle": measure(0, "emit")}
         self.reset()
-        self.endpoints([self.receiver.url(f"{prefix}one")], events=["user.created"])
-        self.endpoints(
-            [self.receiver.url(f"{prefix}ten{k}") for k in range(10)], events=["user.updated"]
-        )
+        self._request_endpoints(prefix)
         cluster = self.start_cluster()
         try:
             time.sleep(0.5)
-            for label, event_type in kinds:
-                out[label] = measure(event_type, 0.002)  # the cluster keeps up
+            out["draining"] = measure(0.002)  # the cluster keeps up
         finally:
             cluster.stop()
+        out["peer"] = self.peer_request()
+        return out
+
+    def peer_request(self) -> dict | None:
+        """django-webhook's request path: bare save vs save + delay() to 1 webhook, with
+        its Celery worker delivering meanwhile, then with no worker running."""
+        if not self.peer_ok or self.args.no_peer:
+            return None
+        url = self.receiver.url(f"/{self.tag}/peer-request/e0")
+        flush_redis(REDIS_DB_PEER)
+        out = {}
+        with self.peer_worker("request"):
+            out["draining"] = self._peer_drive(
+                self.args.request_emits, [url], 1, spacing=0.002, request=True
+            )
+        out["idle"] = self._peer_drive(self.args.request_emits, [url], 1, request=True)
+        flush_redis(REDIS_DB_PEER)  # the idle run's tasks: nobody will run them
         return out
 
     def latency(self) -> dict:
@@ -864,6 +1035,8 @@ class Bench:
             step("peer_fanout", self.peer, a.fanout_events, a.endpoints, "fanout")
         if "dead" in sc:
             step("dead", self.throughput, "dead", a.fanout_events, a.endpoints - 1, 1)
+        if "memory" in sc:
+            step("memory", self.memory, a.large_events)
         if "request" in sc:
             step("request", self.request_path)
         if "latency" in sc:
@@ -981,9 +1154,23 @@ def summarize(mode: str, workers: int, runs: list[dict], wrk: float | None) -> l
             per_run(lambda r, k=key: r[k]["drain_after_emit_s"]),
             "s",
         )
+        cpu_ratio = per_run(
+            lambda r, k=key: r[k]["cluster_cpu_ms_per_delivery"] / r["ceiling"]["session_cpu_ms"]
+        )
         add(
             label,
             "cluster CPU per delivery (all qcluster processes)",
+            per_run(lambda r, k=key: r[k]["cluster_cpu_ms_per_delivery"]),
+            "ms",
+            per_run(lambda r: r["ceiling"]["session_cpu_ms"]),
+            "CPU ms per bare Session request",
+            cpu_ratio,
+            "≤ 1.0×",
+            cpu_ratio is not None and cpu_ratio <= 1.0,
+        )
+        add(
+            label,
+            "  the same against the Session request's wall time",
             per_run(lambda r, k=key: r[k]["cluster_cpu_ms_per_delivery"]),
             "ms",
             per_run(lambda r: 1000 / r["ceiling"]["session"]),
@@ -1002,69 +1189,30 @@ def summarize(mode: str, workers: int, runs: list[dict], wrk: float | None) -> l
         )
     if any("burst" in r for r in runs):
         rss = per_run(lambda r: max(r["burst"]["worker_peak_rss_mb"]))
+        add("memory", "peak RSS per worker during burst (VmHWM, max)", rss, "MB")
+    if any("memory" in r for r in runs):
+        rss = per_run(lambda r: max(r["memory"]["worker_peak_rss_mb"]))
+        complete = all(g(r, "memory", "deliveries") == g(r, "memory", "expected") for r in runs)
         add(
             "memory",
-            "peak RSS per worker during burst (VmHWM, max)",
+            "peak RSS per worker, 256 KiB events (VmHWM, max)"
+            + ("" if complete else " (INCOMPLETE)"),
             rss,
             "MB",
             120,
-            "target",
+            "goal",
             rss / 120 if rss else None,
             "≤ 120 MB",
             rss is not None and rss <= 120,
         )
+        add(
+            "memory",
+            "deliveries/s of 256 KiB events",
+            per_run(lambda r: r["memory"]["rate"]),
+            "/s",
+        )
     if any("request" in r for r in runs):
-        peer_emit = per_run(lambda r: r["peer_burst"]["request_emit_median_ms"])
-        for n, limit in (("1", 1.0), ("10", 3.0)):
-            idle = per_run(lambda r, n=n: r["request"].get(f"{n}_idle", {}).get("emit_median_ms"))
-            tgt = f"≤ {limit:g} ms (SQLite)" if mode == "sqlite" else "(report)"
-            add(
-                "request path",
-                f"emit() median, {n} endpoint(s), no cluster, back to back",
-                idle,
-                "ms",
-                per_run(lambda r, n=n: r["request"].get(f"{n}_idle", {}).get("emit_p99_ms")),
-                "p99",
-                None,
-                tgt,
-                (idle <= limit) if mode == "sqlite" and idle is not None else None,
-            )
-            med = per_run(lambda r, n=n: r["request"][n]["emit_median_ms"])
-            add(
-                "request path",
-                f"emit() median, {n} endpoint(s), cluster delivering meanwhile",
-                med,
-                "ms",
-                peer_emit,
-                "django-webhook save+delay",
-                med / peer_emit if med and peer_emit else None,
-                "(report)",
-                None,
-            )
-            add(
-                "request path",
-                f"emit() p99, {n} endpoint(s)",
-                per_run(lambda r, n=n: r["request"][n]["emit_p99_ms"]),
-                "ms",
-                per_run(lambda r: r["peer_burst"]["request_emit_p99_ms"]),
-                "django-webhook p99",
-            )
-            add(
-                "request path",
-                f"view's BEGIN (SQLite: write lock) median / p99, {n} endpoint(s)",
-                per_run(lambda r, n=n: r["request"][n]["begin_median_ms"]),
-                "ms",
-                per_run(lambda r, n=n: r["request"][n]["begin_p99_ms"]),
-                "p99",
-            )
-            add(
-                "request path",
-                f"commit + wake median / p99, {n} endpoint(s)",
-                per_run(lambda r, n=n: r["request"][n]["commit_wake_median_ms"]),
-                "ms",
-                per_run(lambda r, n=n: r["request"][n]["commit_wake_p99_ms"]),
-                "p99",
-            )
+        request_rows(add, per_run)
     if any("latency" in r for r in runs):
         p50 = per_run(lambda r: r["latency"]["p50_ms"])
         limit = 100 if mode == "postgres" else 500
@@ -1109,6 +1257,118 @@ def summarize(mode: str, workers: int, runs: list[dict], wrk: float | None) -> l
             ratio is not None and ratio >= 0.8,
         )
     return rows
+
+
+REQUEST_LABELS = {
+    "idle": "no cluster, back to back",
+    "draining": "cluster draining meanwhile",
+}
+
+
+def request_rows(add, per_run) -> None:
+    """The request path: each figure beside django-webhook's in the same run."""
+    for mode, label in REQUEST_LABELS.items():
+
+        def ours(kind, stat, mode=mode):
+            return per_run(lambda r: r["request"][mode][kind][stat])
+
+        def peer(kind, stat, mode=mode):
+            return per_run(lambda r: r["request"]["peer"][mode][kind][stat])
+
+        def added(kind, stat, mode=mode):
+            return per_run(
+                lambda r: r["request"][mode][kind][stat] - r["request"][mode]["bare"][stat]
+            )
+
+        def peer_added(stat, mode=mode):
+            return per_run(
+                lambda r: (
+                    r["request"]["peer"][mode]["hook"][stat]
+                    - r["request"]["peer"][mode]["bare"][stat]
+                )
+            )
+
+        sc = f"request ({mode})"
+        add(
+            sc,
+            f"bare save, median ({label})",
+            ours("bare", "median_ms"),
+            "ms",
+            peer("bare", "median_ms"),
+            "django-webhook's bare save",
+        )
+        add(
+            sc,
+            "bare save, p99",
+            ours("bare", "p99_ms"),
+            "ms",
+            peer("bare", "p99_ms"),
+            "django-webhook's bare save",
+        )
+        for stat, word in (("median_ms", "median"), ("p99_ms", "p99")):
+            value, ref = ours("one", stat), peer("hook", stat)
+            add(
+                sc,
+                f"save + emit, 1 endpoint, {word}",
+                value,
+                "ms",
+                ref,
+                "django-webhook save + enqueue",
+                value / ref if value and ref else None,
+            )
+        for stat, word in (("median_ms", "median"), ("p99_ms", "p99")):
+            value, ref = added("one", stat), peer_added(stat)
+            ok = value <= ref if value is not None and ref is not None else None
+            add(
+                sc,
+                f"what emit adds to the bare save, 1 endpoint, {word}",
+                value,
+                "ms",
+                ref,
+                "what django-webhook's enqueue adds",
+                value / ref if value is not None and ref else None,
+                "≤ django-webhook's",
+                ok,
+            )
+        for stat, word in (("median_ms", "median"), ("p99_ms", "p99")):
+            value = added("none", stat)
+            add(
+                sc,
+                f"what emit adds, no endpoint subscribed, {word}",
+                value,
+                "ms",
+                0.15 if word == "median" else None,
+                "goal" if word == "median" else "",
+                value / 0.15 if value is not None and word == "median" else None,
+                "≤ 0.15 ms" if word == "median" else "",
+                value <= 0.15 if value is not None and word == "median" else None,
+            )
+        for stat, word in (("median_ms", "median"), ("p99_ms", "p99")):
+            value, ref = added("ten", stat), peer_added(stat)
+            add(
+                sc,
+                f"what emit adds, 10 endpoints, {word}",
+                value,
+                "ms",
+                ref,
+                "django-webhook's enqueue (1 webhook)",
+            )
+        add(
+            sc,
+            "emit() call alone, 1 endpoint, median / p99",
+            ours("one", "emit_median_ms"),
+            "ms",
+            ours("one", "emit_p99_ms"),
+            "p99",
+        )
+        add(
+            sc,
+            "emit() call alone, 10 endpoints, median / p99",
+            ours("ten", "emit_median_ms"),
+            "ms",
+            ours("ten", "emit_p99_ms"),
+            "p99",
+        )
 
 
 def fmt(v, unit=""):
@@ -1176,10 +1436,12 @@ def main() -> None:
     if unknown:
         p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     a.request_emits, a.latency_emits, a.retry_events, a.ceiling_requests = 500, 50, 20, 3000
+    a.large_events = 600
     a.quick_extra = ["peer"]
     if a.quick:
         a.runs, a.events, a.fanout_events = 1, 500, 100
         a.request_emits, a.latency_emits, a.retry_events, a.ceiling_requests = 200, 15, 5, 1000
+        a.large_events = 400
         a.drain_timeout = min(a.drain_timeout, 60)
         a.scenarios = [x for x in a.scenarios if x != "dead"]
         a.skip_large_history = True
@@ -1212,6 +1474,15 @@ def main() -> None:
         print_table(a.mode, rows, len(runs))
         if large is not None:
             print("\nlarge history (bench/large_history.py):\n" + large.get("output", ""))
+        profiles = {}
+        if bench.profiles:
+            from profile_top import top
+
+            time.sleep(2)  # the last py-spy writes its file
+            for name, files in bench.profiles.items():
+                found = [f for f in files if f.exists()]
+                profiles[name] = top(found, 20) if found else "(no profile written)"
+                print(f"\nprofile {name} ({', '.join(f.name for f in found)}):\n{profiles[name]}")
         elapsed = time.monotonic() - started
         print(f"\nbench took {elapsed:.0f} s")
         out = RESULTS / f"{a.mode}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
@@ -1224,6 +1495,7 @@ def main() -> None:
                     "runs": runs,
                     "table": rows,
                     "large_history": large,
+                    "profiles": profiles,
                     "elapsed_s": elapsed,
                     "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
                 },

@@ -11,11 +11,17 @@ if TYPE_CHECKING:
     from .models import Event, InactivityTimer
 
 
-def emit(event_type: str, data: Any = None, *, tenant: str | None = None) -> Event:
+def emit(
+    event_type: str,
+    data: Any = None,
+    *,
+    tenant: str | None = None,
+    idempotency_key: str | None = None,
+) -> Event:
     """Record an event and queue its deliveries in the caller's transaction."""
     from .events import emit as _emit
 
-    return _emit(event_type, data, tenant=tenant)
+    return _emit(event_type, data, tenant=tenant, idempotency_key=idempotency_key)
 
 
 def touch(

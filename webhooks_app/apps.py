@@ -22,6 +22,12 @@ class WebhooksAppConfig(AppConfig):
             model_events.notify_disabled, dispatch_uid="webhooks_app.notify_disabled"
         )
         model_events.connect_model_signals()
+        from django.db.models.signals import post_migrate
+
+        from .retention import on_post_migrate
+
+        # The prune schedule is created after migrate, not here: no DB access in ready().
+        post_migrate.connect(on_post_migrate, sender=self, dispatch_uid="webhooks_app.prune")
         try:
             from django_q.signals import post_spawn
         except ImportError:  # checks.E002 explains

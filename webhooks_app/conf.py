@@ -6,6 +6,7 @@ setting ever shapes a model field or a migration.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -23,9 +24,14 @@ DEFAULTS: dict[str, Any] = {
     # Seconds for a whole attempt: a 2xx within this time is a success.
     "TIMEOUT": 30.0,
     "CONNECT_TIMEOUT": 10.0,
-    # How long a worker owns the deliveries it claimed; after that another worker may
-    # send them again (a killed worker's deliveries are recovered this way).
-    "LEASE_SECONDS": 90.0,
+    # How long a claim lasts unless renewed. A live worker renews its claims (a
+    # heartbeat, about every third of this) while it sends, however long a send takes;
+    # a killed worker stops renewing, and its deliveries are sent again by another
+    # worker once this runs out: crash recovery in seconds, not minutes.
+    "LEASE_SECONDS": 8.0,
+    # Body bytes one worker holds at a time (claimed, queued or being sent); at least one
+    # delivery is always claimed, however large. Keeps worker memory flat with big events.
+    "CLAIM_MAX_BYTES": 8 * 1024 * 1024,
     # Worker side: how often each worker checks for due deliveries (retries, recovery).
     "POLL_INTERVAL": 0.5,
     # Sender threads per worker process, and how many of them one endpoint may occupy.
@@ -64,6 +70,21 @@ DEFAULTS: dict[str, Any] = {
     # None: on when settings.DEBUG is, so development catches drift and production does
     # not pay for it.
     "VALIDATE_PAYLOADS": None,
+    # Write an Event row even when no endpoint is subscribed to it (e.g. for an event
+    # log). Off by default: an unrouted event writes nothing, and emit() returns an
+    # unsaved Event (pk None) carrying the id and body it would have had.
+    "KEEP_UNROUTED_EVENTS": False,
+    # emit(..., idempotency_key=...): seconds during which the same key (per tenant)
+    # returns the first event and creates nothing. 24 hours.
+    "IDEMPOTENCY_WINDOW": 86400,
+    # Finished deliveries (and their attempts, and events left without deliveries) are
+    # deleted this many days after their last attempt, by an hourly django-q2 schedule
+    # and `manage.py webhooks_prune`. Pending deliveries are never deleted. 0: keep all.
+    "RETENTION_DAYS": 30,
+    # Rows deleted per transaction, and seconds of pause between two: small batches keep
+    # SQLite's write lock short, so the site's emit() never waits long for it.
+    "PRUNE_BATCH_SIZE": 200,
+    "PRUNE_PAUSE": 0.02,
 }
 
 
@@ -104,8 +125,13 @@ class AppSettings:
 
     @property
     def LEASE_SECONDS(self) -> float:
-        # Room for one whole attempt plus the time a chunk may wait for its thread.
-        return max(float(self._get("LEASE_SECONDS")), self.TIMEOUT + 5)
+        # Renewed while held, so it need not cover an attempt; below 2 s a renewal
+        # delayed by a busy database could let a live worker's claim lapse.
+        return max(float(self._get("LEASE_SECONDS")), 2.0)
+
+    @property
+    def CLAIM_MAX_BYTES(self) -> int:
+        return max(1, int(self._get("CLAIM_MAX_BYTES")))
 
     @property
     def POLL_INTERVAL(self) -> float:
@@ -187,6 +213,28 @@ class AppSettings:
     def VALIDATE_PAYLOADS(self) -> bool:
         value = self._get("VALIDATE_PAYLOADS")
         return bool(settings.DEBUG) if value is None else bool(value)
+
+
+    @property
+    def KEEP_UNROUTED_EVENTS(self) -> bool:
+        return bool(self._get("KEEP_UNROUTED_EVENTS"))
+
+    @property
+    def IDEMPOTENCY_WINDOW(self) -> timedelta:
+        value = self._get("IDEMPOTENCY_WINDOW")
+        return value if isinstance(value, timedelta) else timedelta(seconds=float(value))
+
+    @property
+    def RETENTION_DAYS(self) -> float:
+        return float(self._get("RETENTION_DAYS") or 0)
+
+    @property
+    def PRUNE_BATCH_SIZE(self) -> int:
+        return max(1, int(self._get("PRUNE_BATCH_SIZE")))
+
+    @property
+    def PRUNE_PAUSE(self) -> float:
+        return max(0.0, float(self._get("PRUNE_PAUSE")))
 
 
 app_settings = AppSettings()

@@ -38,6 +38,9 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._per_endpoint: Counter[int] = Counter()
+        # Body bytes of the deliveries this worker holds: claims stop at CLAIM_MAX_BYTES,
+        # so memory stays flat however large the events are.
+        self._bytes = 0
         # Endpoints whose last chunk got no answer (timeout, refused): one thread each
         # until they answer again, so a dead endpoint cannot hold half the pool waiting
         # out its timeouts while healthy endpoints' deliveries queue.
@@ -66,12 +69,16 @@ class Dispatcher:
     def _run(self) -> None:
         next_timers = 0.0
         while not self._stop.is_set():
-            try:
-                # Inactivity timers (touch()) at most once per poll interval, not on every
-                # wake-up: their deadlines need seconds, not milliseconds.
-                if time.monotonic() >= next_timers:
-                    next_timers = time.monotonic() + app_settings.POLL_INTERVAL
+            # Inactivity timers (touch()) at most once per poll interval, not on every
+            # wake-up: their deadlines need seconds, not milliseconds.
+            if time.monotonic() >= next_timers:
+                next_timers = time.monotonic() + app_settings.POLL_INTERVAL
+                try:
                     timers.fire_due()
+                except Exception:
+                    logger.exception("firing inactivity timers failed; retrying next poll")
+                    close_old_connections()
+            try:
                 self.pump()
             except Exception:
                 logger.exception("dispatcher loop failed; retrying after the poll interval")
@@ -86,13 +93,23 @@ class Dispatcher:
             with self._lock:
                 free = self.threads - self._in_flight
                 saturated = [e for e, n in self._per_endpoint.items() if n >= self._limit(e)]
-            if free <= 0:
+                budget = app_settings.CLAIM_MAX_BYTES - self._bytes
+                idle = self._in_flight == 0
+            if free <= 0 or (budget <= 0 and not idle):
                 return  # a finishing chunk wakes us
             limit = free * app_settings.CHUNK_SIZE
-            token, rows = engine.claim(limit, exclude_endpoints=saturated)
+            token, rows = engine.claim(limit, exclude_endpoints=saturated, max_bytes=max(budget, 0))
             if not rows:
                 return
-            lease_deadline = time.monotonic() + app_settings.LEASE_SECONDS
+            unsent = self._hand_out(token, rows)
+            engine.release(token, unsent)
+            if len(rows) < limit or unsent:
+                return
+
+    def _hand_out(self, token: str, rows: list) -> list[int]:
+        """Split claimed rows into chunks for free threads; return the ids handed back."""
+        submitted: set[int] = set()
+        try:
             by_endpoint: dict[int, list] = {}
             for row in rows:
                 by_endpoint.setdefault(row.endpoint_id, []).append(row)
@@ -109,31 +126,35 @@ class Dispatcher:
                     continue
                 n_chunks = min(slots, -(-len(items) // app_settings.CHUNK_SIZE))
                 for i in range(n_chunks):
-                    self._submit(token, endpoint_id, items[i::n_chunks], lease_deadline)
-            engine.release(token, unsent)
-            if len(rows) < limit or unsent:
-                return
+                    chunk = items[i::n_chunks]
+                    self._submit(token, endpoint_id, chunk)
+                    submitted.update(d.id for d in chunk)
+            return unsent
+        except Exception:
+            # Whatever went wrong, no claimed row may wait for its lease to run out.
+            engine.release(token, [d.id for d in rows if d.id not in submitted])
+            raise
 
     def _limit(self, endpoint_id: int) -> int:
         """Chunks of ``endpoint_id`` allowed in flight (call with ``self._lock`` held)."""
         return 1 if endpoint_id in self._stalled else self.per_endpoint
 
-    def _submit(self, token: str, endpoint_id: int, chunk: list, lease_deadline: float) -> None:
+    def _submit(self, token: str, endpoint_id: int, chunk: list) -> None:
+        size = sum(getattr(d, "claim_bytes", 0) for d in chunk)
         with self._lock:
             self._in_flight += 1
             self._per_endpoint[endpoint_id] += 1
+            self._bytes += size
         chunk.sort(key=lambda d: d.id)
         try:
-            self._pool.submit(self._send, token, endpoint_id, chunk, lease_deadline)
+            self._pool.submit(self._send, token, endpoint_id, chunk, size)
         except RuntimeError:  # the pool is shutting down: hand the rows back
-            self._done(endpoint_id)
+            self._done(endpoint_id, size)
             engine.release(token, [d.id for d in chunk])
 
-    def _send(self, token: str, endpoint_id: int, chunk: list, lease_deadline: float) -> None:
+    def _send(self, token: str, endpoint_id: int, chunk: list, size: int = 0) -> None:
         try:
-            stalled = engine.deliver_chunk(
-                token, chunk, stopping=self._stop.is_set, lease_deadline=lease_deadline
-            )
+            stalled = engine.deliver_chunk(token, chunk, stopping=self._stop.is_set)
             with self._lock:
                 if stalled:
                     self._stalled.add(endpoint_id)
@@ -143,11 +164,12 @@ class Dispatcher:
             logger.exception("sending a chunk of %d deliveries failed", len(chunk))
             close_old_connections()
         finally:
-            self._done(endpoint_id)
+            self._done(endpoint_id, size)
 
-    def _done(self, endpoint_id: int) -> None:
+    def _done(self, endpoint_id: int, size: int = 0) -> None:
         with self._lock:
             self._in_flight -= 1
+            self._bytes -= size
             self._per_endpoint[endpoint_id] -= 1
             if self._per_endpoint[endpoint_id] <= 0:
                 del self._per_endpoint[endpoint_id]

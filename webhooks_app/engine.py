@@ -3,8 +3,10 @@
 The Delivery table is the source of truth; the queue only wakes workers up. A worker
 claims rows by setting a lease (``next_attempt_at`` moves to the lease's end and
 ``claim_token`` names the owner), commits, sends, then records the outcome only for rows
-it still owns. A worker that dies leaves rows whose lease simply runs out, and any worker
-claims them again: at-least-once delivery on every broker.
+it still owns. Leases are short (``LEASE_SECONDS``) and a heartbeat thread renews them
+while this process holds the rows, so a slow send is never handed to a second worker,
+while a worker that dies stops renewing: its rows' leases run out within seconds and any
+worker claims them again. At-least-once delivery on every broker.
 """
 
 from __future__ import annotations
@@ -18,12 +20,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import InterfaceError, OperationalError, connections, router, transaction
-from django.db.models import F
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    connections,
+    router,
+    transaction,
+)
+from django.db.models import F, Func, IntegerField
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from . import __version__, signals, signing, transport
 from .conf import app_settings
+from .events import TEST_EVENT
 from .models import Delivery, DeliveryAttempt, Endpoint
 
 logger = logging.getLogger("webhooks_app.engine")
@@ -55,23 +66,166 @@ def _writing(db: str):
         yield
 
 
-def claim(limit: int, *, exclude_endpoints: Iterable[int] = ()) -> tuple[str, list[Delivery]]:
-    """Lease up to ``limit`` due deliveries to a new claim token; return token and rows."""
+class _Leases:
+    """The claims this process holds, renewed by one heartbeat thread while they last.
+
+    A claim's lease is short so that a dead worker's rows come back within seconds; a
+    live worker keeps its rows by renewing their lease (one UPDATE by primary key per
+    claim, about every third of ``LEASE_SECONDS``) until it records or releases them.
+    ``valid_until`` is what this process knows for sure: the claim or the last renewal
+    that reached the database, plus the lease. A claim that the database says another
+    worker took over (the renewal matched no row) is dropped, and its unstarted
+    deliveries are not sent.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # token -> [ids still held, valid until (time.monotonic()), database alias]
+        self._held: dict[str, list] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, token: str, ids: Iterable[int], valid_until: float, db: str) -> None:
+        with self._lock:
+            self._held[token] = [set(ids), valid_until, db]
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="webhooks-heartbeat", daemon=True
+                )
+                self._thread.start()
+
+    def forget(self, token: str, ids: Iterable[int]) -> None:
+        with self._lock:
+            entry = self._held.get(token)
+            if entry is not None:
+                entry[0].difference_update(ids)
+                if not entry[0]:
+                    del self._held[token]
+
+    def valid_until(self, token: str) -> float:
+        """``time.monotonic()`` until which this process surely owns ``token``'s rows."""
+        with self._lock:
+            entry = self._held.get(token)
+            return entry[1] if entry is not None else 0.0
+
+    def tokens(self) -> list[str]:
+        with self._lock:
+            return list(self._held)
+
+    def renew(self, *, force: bool = False) -> None:
+        """Extend every held lease that has used up a third of its time (or all)."""
+        lease = app_settings.LEASE_SECONDS
+        with self._lock:
+            due = [
+                (token, set(ids), db)
+                for token, (ids, until, db) in self._held.items()
+                if force or until - time.monotonic() < lease * 2 / 3
+            ]
+        for token, ids, db in due:
+            started = time.monotonic()
+            try:
+                with _writing(db):
+                    renewed = (
+                        Delivery.objects.using(db)
+                        .filter(id__in=ids, claim_token=token)
+                        .update(next_attempt_at=timezone.now() + timedelta(seconds=lease))
+                    )
+            except DatabaseError:
+                logger.warning("renewing a claim failed; retrying", exc_info=True)
+                connections[db].close()
+                continue
+            with self._lock:
+                entry = self._held.get(token)
+                if entry is None:
+                    continue
+                if renewed:
+                    entry[1] = started + lease
+                else:  # every row was recorded meanwhile, or another worker took them
+                    del self._held[token]
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(max(0.05, min(1.0, app_settings.LEASE_SECONDS / 6)))
+            try:
+                self.renew()
+            except Exception:  # never let the heartbeat die
+                logger.exception("lease heartbeat failed")
+
+
+_leases = _Leases()
+
+
+def lease_valid_until(token: str) -> float:
+    """``time.monotonic()`` until which this process surely owns the rows of ``token``."""
+    return _leases.valid_until(token)
+
+
+class _OctetLength(Func):
+    """Bytes of a text column (UTF-8), to bound a claim by size without loading bodies."""
+
+    function = "OCTET_LENGTH"
+    output_field = IntegerField()
+
+    def as_sqlite(self, compiler, connection, **extra):
+        return self.as_sql(
+            compiler, connection, template="LENGTH(CAST(%(expressions)s AS BLOB))", **extra
+        )
+
+
+def _take_by_bytes(sized: list[tuple[int, int]], max_bytes: int | None) -> tuple[list, dict]:
+    """The prefix of (id, size) pairs that fits in ``max_bytes`` (at least one row)."""
+    ids: list[int] = []
+    sizes: dict[int, int] = {}
+    total = 0
+    for pk, size in sized:
+        size = size or 0
+        if ids and max_bytes is not None and total + size > max_bytes:
+            break
+        ids.append(pk)
+        sizes[pk] = size
+        total += size
+    return ids, sizes
+
+
+def claim(
+    limit: int,
+    *,
+    exclude_endpoints: Iterable[int] = (),
+    max_bytes: int | None = None,
+) -> tuple[str, list[Delivery]]:
+    """Lease up to ``limit`` due deliveries to a new claim token; return token and rows.
+
+    The rows' bodies add up to at most ``max_bytes`` (default ``CLAIM_MAX_BYTES``; the
+    first row is always taken, so one event larger than the budget still goes out), so
+    a worker's memory stays flat however large the events are. Each row carries its
+    body size as ``claim_bytes``. The lease is renewed by this process's heartbeat until
+    the rows are recorded or released.
+    """
+    if max_bytes is None:
+        max_bytes = app_settings.CLAIM_MAX_BYTES
     now = timezone.now()
     token = secrets.token_hex(16)
-    lease_until = now + timedelta(seconds=app_settings.LEASE_SECONDS)
+    lease = app_settings.LEASE_SECONDS
+    lease_until = now + timedelta(seconds=lease)
+    valid_until = time.monotonic() + lease
     db = _db()
     due = Delivery.objects.using(db).filter(
         status=Delivery.Status.PENDING, next_attempt_at__lte=now
     )
+    # Test deliveries are sent by send_test() in the caller's thread, never by a worker.
+    due = due.exclude(event_type=TEST_EVENT)
     exclude = list(exclude_endpoints)
     if exclude:
         due = due.exclude(endpoint_id__in=exclude)
-    due = due.order_by("next_attempt_at").values_list("id", flat=True)
+    due = due.order_by("next_attempt_at").annotate(
+        size=Coalesce(_OctetLength("body"), _OctetLength("event__body"))
+    )
+    due = due.values_list("id", "size")
     if connections[db].features.has_select_for_update_skip_locked:
         # PostgreSQL: concurrent claimers skip each other's rows instead of waiting.
         with transaction.atomic(using=db):
-            ids = list(due.select_for_update(skip_locked=True)[:limit])
+            ids, sizes = _take_by_bytes(
+                list(due.select_for_update(skip_locked=True, of=("self",))[:limit]), max_bytes
+            )
             if ids:
                 Delivery.objects.using(db).filter(id__in=ids).update(
                     next_attempt_at=lease_until, claim_token=token
@@ -79,7 +233,7 @@ def claim(limit: int, *, exclude_endpoints: Iterable[int] = ()) -> tuple[str, li
     else:
         # SQLite: a read first (cheap, never blocks under WAL), then one guarded UPDATE;
         # rows another worker leased in between no longer match and are skipped.
-        ids = list(due[:limit])
+        ids, sizes = _take_by_bytes(list(due[:limit]), max_bytes)
         if ids:
             with _writing(db), transaction.atomic(using=db):
                 Delivery.objects.using(db).filter(
@@ -94,6 +248,10 @@ def claim(limit: int, *, exclude_endpoints: Iterable[int] = ()) -> tuple[str, li
         .defer("event__data")
         .order_by("next_attempt_at", "id")
     )
+    for row in rows:
+        row.claim_bytes = sizes.get(row.id, 0)
+    if rows:
+        _leases.add(token, [r.id for r in rows], valid_until, db)
     return token, rows
 
 
@@ -106,6 +264,7 @@ def _update_claimed(token: str, ids: Iterable[int], **values) -> None:
             Delivery.objects.using(db).filter(id__in=ids, claim_token=token).update(
                 claim_token="", **values
             )
+        _leases.forget(token, ids)
 
 
 def release(token: str, ids: Iterable[int]) -> None:
@@ -185,7 +344,7 @@ def _new_state(d: Delivery, o: Outcome, now, retry: bool) -> dict:
         return state
     finished = o.started_at + timedelta(milliseconds=r.duration_ms)
     state["last_attempt_at"] = finished
-    state["last_error"] = r.error or f"HTTP {r.status_code}"
+    state["last_error"] = _storable(r.error) or f"HTTP {r.status_code}"
     delay = _next_delay(d.sequence_attempts + 1, r) if retry else None  # + this attempt
     if delay is None:
         state.update(status=Delivery.Status.FAILED, next_attempt_at=None)
@@ -219,8 +378,26 @@ def record(token: str, outcomes: list[Outcome], *, retry: bool = True) -> list[O
         # timeout): reconnect once rather than lose outcomes of requests already sent.
         connections[db].close()
         recorded = _write_outcomes(db, token, states)
-    _after_record(recorded)
+    except DatabaseError as exc:
+        # Something in a response the database will not store: record the outcomes
+        # without the response text rather than lose them and send everything again.
+        logger.warning("recording outcomes failed (%s); recording them without excerpts", exc)
+        for o in outcomes:
+            o.response.excerpt = ""
+            o.response.error = _storable(o.response.error).encode("ascii", "replace").decode()
+        states = [(o, _new_state(o.delivery, o, now, retry)) for o in outcomes]
+        recorded = _write_outcomes(db, token, states)
+    try:
+        _after_record(recorded)
+    except Exception:  # the outcomes are committed; bookkeeping must not strand rows
+        logger.exception("endpoint bookkeeping after recording failed")
     return recorded
+
+
+def _storable(text: str) -> str:
+    """Text any database stores: PostgreSQL refuses NUL in text columns, so a response
+    or error that contains NUL bytes is kept with each NUL written as ``\\x00``."""
+    return text.replace("\x00", "\\x00") if text else text
 
 
 def _write_outcomes(db: str, token: str, states: list) -> list[Outcome]:
@@ -256,14 +433,15 @@ def _write_outcomes(db: str, token: str, states: list) -> list[Outcome]:
                     started_at=outcome.started_at,
                     duration_ms=r.duration_ms,
                     status_code=r.status_code,
-                    response_excerpt=r.excerpt,
-                    error=r.error,
+                    response_excerpt=_storable(r.excerpt),
+                    error=_storable(r.error),
                     succeeded=r.ok,
                 )
             )
             recorded.append(outcome)
         if attempts:
             DeliveryAttempt.objects.using(db).bulk_create(attempts)
+    _leases.forget(token, [o.delivery.id for o, _ in states])
     # Only once committed: a retried write must not count an attempt twice.
     for outcome, state in states:
         if outcome.delivery.id in owned:
@@ -285,8 +463,12 @@ def _after_record(recorded: list[Outcome]) -> None:
         finals = [o for o in outcomes if o.delivery.status == Delivery.Status.FAILED]
         if any(o.response.status_code == 410 for o in outcomes):
             disable_endpoint(endpoint, "The endpoint answered 410 Gone.")
-        if any(o.response.ok for o in outcomes) and endpoint.consecutive_failures:
-            Endpoint.objects.filter(id=endpoint_id).update(consecutive_failures=0)
+        if any(o.response.ok for o in outcomes):
+            # Whatever this (possibly stale) row says: another worker may have counted
+            # failures since it was loaded, and a success ends the run in the database.
+            Endpoint.objects.filter(id=endpoint_id, consecutive_failures__gt=0).update(
+                consecutive_failures=0
+            )
             endpoint.consecutive_failures = 0
         if finals:
             Endpoint.objects.filter(id=endpoint_id).update(
@@ -359,27 +541,35 @@ def deliver_chunk(
 ) -> bool:
     """Send claimed deliveries of one endpoint in order, then record them.
 
-    A delivery is only started if its attempt can finish before the claim's lease
-    (``lease_deadline``, a ``time.monotonic()`` value) runs out; otherwise it is handed
-    back, so a chunk that waited in a queue never races the worker that re-claimed it.
-    If the endpoint does not answer (or answers 410), the rest of the chunk is handed
+    A delivery is only started while this process surely holds the claim (its lease was
+    taken or renewed less than two thirds of ``LEASE_SECONDS`` ago, see ``_Leases``;
+    ``lease_deadline``, a ``time.monotonic()`` value, caps it further); otherwise it is
+    handed back, so a chunk whose claim was lost never races the worker that re-claimed
+    it. If the endpoint does not answer (or answers 410), the rest of the chunk is handed
     back unattempted: a dead endpoint costs one sender thread, not all of them.
     Returns True when the chunk stopped that way (the dispatcher then gives the endpoint
     one thread until it answers again).
+
+    Whatever fails on the way, every row of the chunk ends recorded, handed back or
+    (if the database itself is gone) left to its lease, which is no longer renewed.
     """
     if not deliveries:
         return False
-    if lease_deadline is None:
-        lease_deadline = time.monotonic() + app_settings.LEASE_SECONDS
     outcomes: list[Outcome] = []
     keys_by_endpoint: dict[int, list[str]] = {}
     remaining = list(deliveries)
-    disabled = [d for d in remaining if not d.endpoint.is_active]
-    remaining = [d for d in remaining if d.endpoint.is_active]
+    disabled: list[Delivery] = []
     stalled = False
+    margin = app_settings.LEASE_SECONDS / 3
+    recorded: list[Outcome] = []
     try:
+        disabled = [d for d in remaining if not d.endpoint.is_active]
+        remaining = [d for d in remaining if d.endpoint.is_active]
         while remaining:
-            if stopping() or time.monotonic() + app_settings.TIMEOUT + 1 > lease_deadline:
+            held = lease_valid_until(token)
+            if lease_deadline is not None:
+                held = min(held, lease_deadline)
+            if stopping() or time.monotonic() + margin > held:
                 break
             d = remaining.pop(0)
             outcome = _safe_attempt(d, keys_by_endpoint)
@@ -389,14 +579,23 @@ def deliver_chunk(
                 break
     finally:
         try:
-            record(token, outcomes)
+            recorded = record(token, outcomes)
         finally:
-            release(token, [d.id for d in remaining])
-            fail_unsent(
-                token,
-                [d.id for d in disabled],
-                "The endpoint is disabled; replay this delivery after enabling it.",
-            )
+            try:
+                fail_unsent(
+                    token,
+                    [d.id for d in disabled],
+                    "The endpoint is disabled; replay this delivery after enabling it.",
+                )
+            finally:
+                # Handed back: never started, or attempted but not recorded (then sent
+                # again: at least once). Rows another owner holds are not touched.
+                done = {o.delivery.id for o in recorded} | {d.id for d in disabled}
+                back = [d.id for d in deliveries if d.id not in done]
+                try:
+                    release(token, back)
+                finally:
+                    _leases.forget(token, [d.id for d in deliveries])
     return stalled
 
 

@@ -2,7 +2,8 @@
 
 ``emit()`` writes the Event and one Delivery per subscribed active endpoint in the
 caller's transaction (a transactional outbox): a rollback sends nothing, and the workers
-are woken only once the transaction has committed.
+are woken only once the transaction has committed. An event no endpoint wants writes
+nothing unless ``KEEP_UNROUTED_EVENTS`` is set.
 """
 
 from __future__ import annotations
@@ -329,17 +330,102 @@ def new_event(
     return event, env
 
 
-def emit(event_type: str, data: Any = None, *, tenant: str | None = None, using: str | None = None):
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def clean_idempotency_key(key: Any) -> str:
+    if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise ValidationError(
+            {"idempotency_key": [f"Give text of 1 to {MAX_IDEMPOTENCY_KEY} characters."]}
+        )
+    if "\x00" in key:
+        raise ValidationError({"idempotency_key": ["The key must not contain NUL."]})
+    return key
+
+
+def _claim_key(key: str, event, stored: bool, using: str | None):
+    """Take ``key`` for ``event``; None if taken, else the first event of the window.
+
+    One statement, ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired RETURNING``: a key
+    whose window has passed is taken over, a live one is left alone. A concurrent caller
+    with the same key waits on the unique index until the first transaction ends (then
+    sees its row), so two callers never both create the event. No exception is raised,
+    so the caller's transaction is never broken.
+    """
+    from .models import Event, IdempotencyKey
+
+    db = using or router.db_for_write(IdempotencyKey)
+    conn = connections[db]
+    q = conn.ops.quote_name
+    table = q(IdempotencyKey._meta.db_table)
+    cols = ["tenant", "key", "event_public_id", "event_type", "body", "created_at"]
+    now = event.created_at
+    cutoff = now - app_settings.IDEMPOTENCY_WINDOW
+    adapt = conn.ops.adapt_datetimefield_value
+    updates = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in cols[2:])
+    sql = (
+        f"INSERT INTO {table} ({', '.join(map(q, cols))}) VALUES (%s, %s, %s, %s, %s, %s) "
+        f"ON CONFLICT ({q('tenant')}, {q('key')}) DO UPDATE SET {updates} "
+        f"WHERE {table}.{q('created_at')} < %s RETURNING {q('id')}"
+    )
+    params = [
+        event.tenant,
+        key,
+        event.public_id,
+        event.event_type,
+        None if stored else event.body,
+        adapt(now),
+        adapt(cutoff),
+    ]
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
+        if cursor.fetchone() is not None:
+            return None
+    first = IdempotencyKey.objects.using(db).get(tenant=event.tenant, key=key)
+    found = Event.objects.using(db).filter(public_id=first.event_public_id).first()
+    if found is not None:
+        return found
+    # The first event was unrouted (not stored): rebuild what emit() returned then.
+    body = first.body or ""
+    try:
+        data = json.loads(body).get("data") if body else None
+    except (ValueError, AttributeError):
+        data = None
+    return Event(
+        public_id=first.event_public_id,
+        tenant=first.tenant,
+        event_type=first.event_type,
+        data=data,
+        body=body,
+        created_at=first.created_at,
+    )
+
+
+def emit(
+    event_type: str,
+    data: Any = None,
+    *,
+    tenant: str | None = None,
+    using: str | None = None,
+    idempotency_key: str | None = None,
+):
     """Record ``event_type`` with ``data`` for ``tenant`` and queue its deliveries.
 
     Runs in the caller's transaction; returns the :class:`~webhooks_app.models.Event`.
+    When no endpoint is subscribed, nothing is written (unless ``KEEP_UNROUTED_EVENTS``)
+    and the returned Event is unsaved: ``pk`` is None, ``public_id`` and ``body`` are set.
+    With ``idempotency_key``, a second call with the same key and tenant within
+    ``IDEMPOTENCY_WINDOW`` creates nothing and returns the first call's event (unsaved if
+    that one was unrouted); safe under concurrent callers and inside their transactions.
     Raises ``ValidationError`` for an unknown event type, data that is not JSON, or (with
     ``VALIDATE_PAYLOADS`` on) data that does not match the type's schema. Endpoints whose
-    payload filter the event does not pass get no delivery.
+    payload filter the event does not pass get no delivery (and count as not subscribed).
     """
     from .models import Delivery
 
     info = check_event_type(event_type)
+    if idempotency_key is not None:
+        idempotency_key = clean_idempotency_key(idempotency_key)
     data = {} if data is None else data
     tenant = tenant or ""
     event, env = new_event(event_type, data, tenant)
@@ -347,7 +433,16 @@ def emit(event_type: str, data: Any = None, *, tenant: str | None = None, using:
         validate_payload(event_type, data, info)
     endpoints = subscribed_endpoints(tenant, event_type, using=using)
     endpoints = filter_targets(endpoints, event_type, tenant, data)
+    stored = bool(endpoints) or app_settings.KEEP_UNROUTED_EVENTS
+    if idempotency_key is None and not stored:
+        return event  # unrouted: no row, no wake-up (bounded tables)
     with transaction.atomic(using=using, savepoint=False):
+        if idempotency_key is not None:
+            first = _claim_key(idempotency_key, event, stored, using)
+            if first is not None:
+                return first
+            if not stored:
+                return event
         event.save(using=using)
         if endpoints:
             now = event.created_at

@@ -20,7 +20,7 @@ def on_webhook_event(
 ) -> None:
     from .events import emit
 
-    emit(event_type, data, tenant=tenant)
+    emit(event_type, data, tenant=tenant, idempotency_key=kwargs.get("idempotency_key"))
 
 
 def serialize_instance(instance, fields: list[str] | None) -> dict[str, Any]:

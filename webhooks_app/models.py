@@ -246,3 +246,28 @@ class DeliveryAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number} of delivery {self.delivery_id}"
+
+
+class IdempotencyKey(models.Model):
+    """One ``emit(..., idempotency_key=...)`` key per tenant: the unique constraint, not a
+    read-then-write, makes concurrent callers agree on the first event.
+
+    Kept apart from Event because an unrouted event writes no Event row; the key then
+    carries the event's body so a repeated call can still return it.
+    """
+
+    tenant = models.CharField(max_length=100, blank=True, default="")
+    key = models.CharField(max_length=200)
+    event_public_id = models.CharField(max_length=40)
+    event_type = models.CharField(max_length=100)
+    # Only when the event itself was not stored (unrouted): what emit() returned.
+    body = models.TextField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "key"], name="webhooks_idempotency_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} → {self.event_public_id}"

@@ -18,7 +18,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
-from . import engine, events, matching, signing, transport
+from . import engine, events, matching, queries, signing, transport
 from .conf import app_settings
 from .models import Delivery, Endpoint, Subscription
 
@@ -480,24 +480,15 @@ def delete_endpoint(endpoint: Endpoint) -> None:
 
 
 def stats(tenant: str | None = None) -> dict[str, int]:
-    """Counts for dashboards: endpoints total/active/inactive, event types subscribed,
-    deliveries failed in the last 24 hours. ``tenant=None`` counts every tenant."""
-    from django.db.models import Count, Q
+    """Dashboard counts; kept here for site code, read through ``queries.stats``."""
+    return queries.stats(tenant)
 
-    endpoints = Endpoint.objects.all()
-    subs = Subscription.objects.filter(enabled=True)
-    failed = Delivery.objects.filter(
-        status=Delivery.Status.FAILED, last_attempt_at__gte=timezone.now() - timedelta(days=1)
-    )
-    if tenant is not None:
-        endpoints = endpoints.filter(tenant=tenant)
-        subs = subs.filter(endpoint__tenant=tenant)
-        failed = failed.filter(tenant=tenant)
-    counts = endpoints.aggregate(total=Count("id"), active=Count("id", filter=Q(is_active=True)))
-    return {
-        "total": counts["total"],
-        "active": counts["active"],
-        "inactive": counts["total"] - counts["active"],
-        "event_types": subs.values("event_type").distinct().count(),
-        "failed_24h": failed.count(),
-    }
+
+def prune(
+    *, days: float | None = None, dry_run: bool = False, max_seconds: float | None = None
+):
+    """Delete finished deliveries, their attempts and events older than ``days``
+    (default ``RETENTION_DAYS``), in small batches; returns a ``PruneResult``."""
+    from .retention import prune as _prune
+
+    return _prune(days=days, dry_run=dry_run, max_seconds=max_seconds)

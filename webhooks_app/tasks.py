@@ -66,3 +66,21 @@ def wake_workers_on_commit(using: str | None = None) -> None:
     if any(func is wake_workers for _, func, _ in conn.run_on_commit):
         return
     transaction.on_commit(wake_workers, using=using, robust=True)
+
+
+def prune() -> str:
+    """Scheduled task (created after migrate): apply RETENTION_DAYS, within the task timeout.
+
+    Stops a little before django-q2's ``timeout`` would kill the worker; the next hourly
+    run continues where this one stopped.
+    """
+    from django_q.conf import Conf
+
+    from . import services
+
+    budget = 0.8 * Conf.TIMEOUT if Conf.TIMEOUT else 300.0
+    try:
+        return str(services.prune(max_seconds=budget))
+    except Exception:
+        logger.exception("pruning old deliveries failed; the next run retries")
+        return "failed"

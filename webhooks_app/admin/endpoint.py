@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
-from django.db.models import Count, OuterRef, Q, Subquery
 from django.urls import path, reverse
 from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.timezone import localtime
 from django.utils.translation import gettext_lazy as _
 
-from .. import services
+from .. import queries, services
 from ..models import Delivery, Endpoint
 from .display import status_badge
 from .filters import ActiveFilter, TenantFilter
@@ -138,17 +137,7 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
 
     # List ---------------------------------------------------------------------------------
     def get_queryset(self, request):
-        last_status = Delivery.objects.filter(endpoint=OuterRef("pk")).order_by("-id")
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                event_count=Count(
-                    "subscriptions", filter=Q(subscriptions__enabled=True), distinct=True
-                ),
-                last_delivery_status=Subquery(last_status.values("status")[:1]),
-            )
-        )
+        return queries.with_list_columns(super().get_queryset(request))
 
     def get_list_display(self, request):
         links = "links_change" if self.has_change_permission(request) else "links_view"
@@ -227,7 +216,7 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
         tenant = request.GET.get(TenantFilter.parameter_name) or None
         extra_context = {
             **(extra_context or {}),
-            "wh_stats": services.stats(tenant=tenant),
+            "wh_stats": queries.stats(tenant=tenant),
             "wh_can_change": self.has_change_permission(request),
         }
         return super().changelist_view(request, extra_context)

@@ -23,16 +23,13 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 
-from .. import services
+from .. import queries, services
 from ..events import TEST_EVENT, event_types
 from ..models import Delivery, Endpoint
 from .display import status_badge
 from .forms import RotateSecretForm
 
-HISTORY_PAGE_SIZE = 50
-# The history header counts at most this many rows: exact below, "10,000+" above, so a
-# page load never counts a million rows.
-HISTORY_COUNT_CAP = 10_000
+HISTORY_PAGE_SIZE = queries.HISTORY_PAGE_SIZE
 
 
 class EndpointPagesMixin:
@@ -142,44 +139,15 @@ class EndpointPagesMixin:
         """
         obj = self._get_endpoint(request, object_id, change=False)
         status = request.GET.get("status", "")
-        event_type = request.GET.get("event_type", "")
-        qs = Delivery.objects.filter(endpoint=obj)
-        if status in Delivery.Status.values:
-            qs = qs.filter(status=status)
-        else:
+        if status not in Delivery.Status.values:
             status = ""
-        if event_type:
-            qs = qs.filter(event_type=event_type)
-        before, after = request.GET.get("before", ""), request.GET.get("after", "")
-        page_qs = qs.select_related("event").only(
-            "id",
-            "endpoint_id",
-            "event_type",
-            "status",
-            "attempts",
-            "created_at",
-            "last_attempt_at",
-            "last_status_code",
-            "last_response_ms",
-            "last_error",
-            "event__public_id",
+        event_type = request.GET.get("event_type", "")
+        qs = queries.filter_deliveries(
+            queries.deliveries(endpoint=obj), status=status, event_type=event_type
         )
-        if after.isdigit():
-            rows = list(page_qs.filter(id__gt=int(after)).order_by("id")[: HISTORY_PAGE_SIZE + 1])
-            has_newer = len(rows) > HISTORY_PAGE_SIZE
-            rows = rows[:HISTORY_PAGE_SIZE][::-1]
-            has_older = bool(rows) and qs.filter(id__lt=rows[-1].id).exists()
-        else:
-            if before.isdigit():
-                page_qs = page_qs.filter(id__lt=int(before))
-            rows = list(page_qs.order_by("-id")[: HISTORY_PAGE_SIZE + 1])
-            has_older = len(rows) > HISTORY_PAGE_SIZE
-            rows = rows[:HISTORY_PAGE_SIZE]
-            has_newer = before.isdigit() and bool(rows) and qs.filter(id__gt=rows[0].id).exists()
-        if not (before or after) and not has_older:
-            capped = len(rows)  # the whole history fits on this page: no count query
-        else:
-            capped = qs.order_by()[: HISTORY_COUNT_CAP + 1].count()
+        before, after = request.GET.get("before", ""), request.GET.get("after", "")
+        page = queries.history_page(qs, before=before, after=after)
+        rows = page.rows
         filters = {k: v for k, v in (("status", status), ("event_type", event_type)) if v}
 
         def link(**params: Any) -> str:
@@ -209,11 +177,11 @@ class EndpointPagesMixin:
             obj,
             _("Delivery history"),
             rows=[(d, status_badge(d.status)) for d in rows],
-            count=min(capped, HISTORY_COUNT_CAP),
-            count_capped=capped > HISTORY_COUNT_CAP,
+            count=page.count,
+            count_capped=page.count_capped,
             newest_url=link() if (before or after) else None,
-            newer_url=link(after=rows[0].id) if has_newer and rows else None,
-            older_url=link(before=rows[-1].id) if has_older and rows else None,
+            newer_url=link(after=page.newer) if page.newer else None,
+            older_url=link(before=page.older) if page.older else None,
             status_choices=status_choices,
             type_choices=type_choices,
             filtered=bool(filters),
@@ -223,9 +191,9 @@ class EndpointPagesMixin:
 
     def delivery_view(self, request: HttpRequest, object_id: str, delivery_id: int) -> HttpResponse:
         obj = self._get_endpoint(request, object_id, change=False)
-        delivery = get_object_or_404(
-            Delivery.objects.select_related("event"), pk=delivery_id, endpoint=obj
-        )
+        delivery = queries.delivery_detail(queries.deliveries(endpoint=obj), delivery_id)
+        if delivery is None:
+            raise Http404(_("No delivery with this id."))
         payload = delivery.payload_bytes().decode("utf-8", "replace")
         try:
             payload = json.dumps(json.loads(payload), indent=2, ensure_ascii=False)

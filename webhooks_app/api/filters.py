@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from rest_framework import serializers
 
+from .. import queries
 from ..models import Delivery
 from .pagination import MAX_ID
 
@@ -52,12 +53,9 @@ class EndpointFilter(_QueryFilter):
     )
 
     def filter(self, queryset: QuerySet, values: dict[str, Any]) -> QuerySet:
-        if values.get("search"):
-            term = values["search"]
-            queryset = queryset.filter(Q(name__icontains=term) | Q(url__icontains=term))
-        if "is_active" in values:
-            queryset = queryset.filter(is_active=values["is_active"])
-        return queryset
+        return queries.filter_endpoints(
+            queryset, search=values.get("search"), is_active=values.get("is_active")
+        )
 
 
 class DeliveryFilter(_QueryFilter):
@@ -71,26 +69,19 @@ class DeliveryFilter(_QueryFilter):
     )
 
     def filter(self, queryset: QuerySet, values: dict[str, Any]) -> QuerySet:
-        if "status" in values:
-            queryset = queryset.filter(status=values["status"])
-        if values.get("event_type"):
-            queryset = queryset.filter(event_type=values["event_type"])
-        if "created_after" in values:
-            queryset = queryset.filter(created_at__gte=values["created_after"])
-        if "created_before" in values:
-            queryset = queryset.filter(created_at__lt=values["created_before"])
-        return queryset
+        return queries.filter_deliveries(
+            queryset,
+            status=values.get("status"),
+            event_type=values.get("event_type"),
+            created_after=values.get("created_after"),
+            created_before=values.get("created_before"),
+            endpoint_id=values.get("endpoint"),
+        )
 
 
 class TenantDeliveryFilter(DeliveryFilter):
-    """``GET /deliveries/`` can also narrow to one endpoint."""
+    """``GET /deliveries/`` can also narrow to one endpoint (read in the parent's filter)."""
 
     endpoint = serializers.IntegerField(
         required=False, min_value=1, max_value=MAX_ID, help_text="An endpoint id."
     )
-
-    def filter(self, queryset: QuerySet, values: dict[str, Any]) -> QuerySet:
-        queryset = super().filter(queryset, values)
-        if "endpoint" in values:
-            queryset = queryset.filter(endpoint_id=values["endpoint"])
-        return queryset

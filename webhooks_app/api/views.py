@@ -24,7 +24,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
 from rest_framework.views import APIView
 
-from .. import events, services
+from .. import events, queries, services
 from ..models import Delivery, Endpoint
 from . import serializers as s
 from .filters import DeliveryFilter, EndpointFilter, TenantDeliveryFilter
@@ -105,11 +105,6 @@ class WebhooksAPIMixin:
         return super().get_object()  # type: ignore[misc]
 
 
-def _list_columns(queryset: QuerySet[Delivery]) -> QuerySet[Delivery]:
-    """A list page shows the event's public id, never a body: don't load 50 of them."""
-    return queryset.select_related("event").defer("body", "event__body", "event__data")
-
-
 def _validated(serializer_class: type, request: Request) -> dict[str, Any]:
     # An empty body parses to {}; a JSON ``null`` stays None and is refused.
     serializer = serializer_class(data=request.data)
@@ -164,7 +159,7 @@ class EndpointViewSet(
     pagination_class = IdCursorPagination
 
     def get_queryset(self) -> QuerySet[Endpoint]:
-        return Endpoint.objects.filter(tenant=self.tenant).prefetch_related("subscriptions")
+        return queries.endpoints(self.tenant).prefetch_related("subscriptions")
 
     def filter_queryset(self, queryset: QuerySet) -> QuerySet:
         queryset = super().filter_queryset(queryset)
@@ -269,7 +264,7 @@ class EndpointViewSet(
     @action(detail=True, methods=["get"])
     def deliveries(self, request: Request, pk: str | None = None) -> Response:
         endpoint = self.get_object()
-        queryset = _list_columns(Delivery.objects.filter(endpoint=endpoint))
+        queryset = queries.list_columns(queries.deliveries(endpoint=endpoint))
         queryset = DeliveryFilter.apply(queryset, request.query_params)
         page = self.paginate_queryset(queryset)
         return self.get_paginated_response(s.DeliverySerializer(page, many=True).data)
@@ -300,9 +295,9 @@ class DeliveryViewSet(
         # (emit, send_test); an endpoint's tenant never changes. Filtering on the copy
         # alone keeps each page one range scan of the (tenant, -id) index: also joining
         # on endpoint.tenant lets the planner go endpoint-first and sort every match.
-        queryset = Delivery.objects.filter(tenant=self.tenant)
+        queryset = queries.deliveries(tenant=self.tenant)
         if self.action == "list":
-            return _list_columns(queryset)
+            return queries.list_columns(queryset)
         return queryset.select_related("event").prefetch_related("attempt_log")
 
     def filter_queryset(self, queryset: QuerySet) -> QuerySet:
@@ -365,4 +360,4 @@ class StatsView(WebhooksAPIMixin, APIView):
         summary="Endpoint and delivery counts", responses={200: s.StatsSerializer, **COMMON_ERRORS}
     )
     def get(self, request: Request) -> Response:
-        return Response(s.StatsSerializer(services.stats(self.tenant)).data)
+        return Response(s.StatsSerializer(queries.stats(self.tenant)).data)

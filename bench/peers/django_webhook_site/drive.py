@@ -27,7 +27,33 @@ from django_webhook.models import (  # noqa: E402
     WebhookSecret,
     WebhookTopic,
 )
-from peersite.models import Customer  # noqa: E402
+from peersite.models import Customer, Plain  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (the same as bench.py's)."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))]
+
+
+def request_path(n: int, spacing: float) -> dict:
+    """One create per transaction, as a view does, timed around the whole
+    ``transaction.atomic()`` block (BEGIN, INSERT, post_save -> delay(), COMMIT),
+    interleaved with the bare save of a model no webhook listens to."""
+    samples: dict[str, list[float]] = {"bare": [], "hook": []}
+    for i in range(n + 20):  # the first 20 rounds warm up
+        for kind, model in (("bare", Plain), ("hook", Customer)):
+            t0 = time.perf_counter()
+            with transaction.atomic():
+                model.objects.create(username=f"user{i}", email=f"user{i}@example.com")
+            if i >= 20:
+                samples[kind].append((time.perf_counter() - t0) * 1000)
+            if spacing:
+                time.sleep(spacing)
+    return {
+        k: {"median_ms": statistics.median(v), "p99_ms": pct(v, 99), "n": len(v)}
+        for k, v in samples.items()
+    }
 
 
 def main() -> None:
@@ -36,6 +62,9 @@ def main() -> None:
     parser.add_argument("--urls", required=True, help="comma-separated receiver URLs")
     parser.add_argument("--batch", type=int, default=1, help="creates per transaction")
     parser.add_argument("--spacing", type=float, default=0.0, help="seconds between batches")
+    parser.add_argument(
+        "--request", action="store_true", help="request path: bare save vs save + enqueue"
+    )
     args = parser.parse_args()
 
     WebhookEvent.objects.all().delete()
@@ -46,6 +75,11 @@ def main() -> None:
         hook = Webhook.objects.create(url=url)
         hook.topics.set([topic])
         WebhookSecret.objects.create(webhook=hook, token="bench-secret-0123456789")
+
+    if args.request:
+        Plain.objects.all().delete()
+        print(json.dumps(request_path(args.events, args.spacing)))
+        return
 
     durations = []
     t_first = time.time()

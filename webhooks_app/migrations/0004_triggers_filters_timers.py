@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('webhooks_app', '0002_delivery_status_type_index'),
+        ('webhooks_app', '0003_idempotency_key'),
     ]
 
     operations = [
