@@ -501,3 +501,243 @@ def test_system_checks_refuse_star_names_and_bad_schemas():
     with webhooks(EVENT_TYPES=CATALOGUE):
         found = [p.id for p in check_settings()]
     assert "webhooks_app.E006" not in found and "webhooks_app.E007" not in found
+
+
+# Admin ---------------------------------------------------------------------------------
+def _admin_url(name: str, *args) -> str:
+    from django.urls import reverse
+
+    return reverse(f"admin:webhooks_app_endpoint_{name}", args=args)
+
+
+def _admin_form(receiver_url: str, **overrides) -> dict:
+    data = {
+        "name": "Filtered",
+        "description": "",
+        "url": receiver_url,
+        "method": "POST",
+        "is_active": "on",
+        "events": ["user.*", "payment.succeeded"],
+        "events_toggles": "1",
+        "events_enabled": ["user.*", "payment.succeeded"],
+        "payload_filter": json.dumps(PRO_100),
+        "payload_fields": "",
+        "notify_email": "",
+        "secret": "",
+        "tenant": "",
+    }
+    data.update(overrides)
+    return data
+
+
+def test_admin_creates_wildcard_and_filter_subscriptions_end_to_end(admin_client, receiver):
+    page = admin_client.get(_admin_url("add")).content.decode()
+    assert 'name="payload_filter"' in page and "$gte" in page  # the help text
+    assert 'value="user.*"' in page and 'value="*"' in page
+    response = admin_client.post(_admin_url("add"), _admin_form(receiver.url()))
+    assert response.status_code == 200 and b"wh-secret-value" in response.content
+    from webhooks_app.models import Endpoint
+
+    endpoint = Endpoint.objects.get()
+    assert endpoint.payload_filter == PRO_100
+    assert sorted(endpoint.event_types) == ["payment.succeeded", "user.*"]
+    emit("user.created", {"amount": 100, "plan": "pro"})
+    emit("user.created", {"amount": 100, "plan": "free"})
+    emit("payment.succeeded", {"amount": 101, "plan": "team"})
+    engine.drain()
+    reqs = receiver.wait_for(2)
+    time.sleep(0.2)
+    assert [json.loads(r.body)["data"]["plan"] for r in receiver.received] == ["pro", "team"]
+    assert len(reqs) == 2
+    change = admin_client.get(_admin_url("change", endpoint.pk)).content.decode()
+    assert "&quot;$gte&quot;: 100" in change or "&quot;$gte&quot;:100" in change
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        ({"payload_filter": '{"data.amount": {"$regex": "1"}}'}, "payload_filter", "$regex"),
+        ({"payload_filter": '{"amount": 1}'}, "payload_filter", "Unknown path amount"),
+        ({"payload_filter": "{not json"}, "payload_filter", "JSON"),
+        ({"events": ["us*er.*"], "events_enabled": ["us*er.*"]}, "events", "wildcard"),
+    ],
+)
+def test_admin_filter_and_wildcard_errors_are_field_errors(
+    admin_client, receiver, overrides, field, message
+):
+    from webhooks_app.models import Endpoint
+
+    response = admin_client.post(_admin_url("add"), _admin_form(receiver.url(), **overrides))
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert field in errors and message in " ".join(errors[field]), errors
+    assert not Endpoint.objects.exists()
+
+
+def test_admin_hides_deprecated_types_except_where_subscribed(admin_client, make_endpoint):
+    with webhooks(EVENT_TYPES={**CATALOGUE, "user.legacy_signup": {}}):
+        endpoint, _ = make_endpoint("http://127.0.0.1:9/", events=["user.legacy_signup"])
+    with webhooks(EVENT_TYPES=CATALOGUE):
+        add = admin_client.get(_admin_url("add")).content.decode()
+        assert 'value="user.legacy_signup"' not in add
+        assert "<legend>Billing</legend>" in add and 'value="invoice.paid"' in add
+        change = admin_client.get(_admin_url("change", endpoint.pk)).content.decode()
+        assert 'value="user.legacy_signup" checked' in change and "deprecated" in change
+        form = _admin_form(
+            "http://127.0.0.1:9/",
+            events=["user.legacy_signup", "user.created"],
+            events_enabled=["user.legacy_signup", "user.created"],
+            payload_filter="",
+        )
+        response = admin_client.post(_admin_url("change", endpoint.pk), form)
+        assert response.status_code == 302, response.context["adminform"].form.errors
+        assert sorted(endpoint.event_types) == ["user.created", "user.legacy_signup"]
+
+
+def test_admin_test_page_sends_the_chosen_types_example(admin_client, make_endpoint, receiver):
+    endpoint, secret = make_endpoint(receiver.url())
+    with webhooks(EVENT_TYPES=CATALOGUE):
+        page = admin_client.get(_admin_url("test", endpoint.pk)).content.decode()
+        assert '<option value="webhook.test" selected>' in page
+        assert '<option value="invoice.paid">' in page
+        assert "user.legacy_signup" not in page  # deprecated, not subscribed
+        choose = {"event_type": "invoice.paid"}
+        response = admin_client.post(_admin_url("test", endpoint.pk), choose)
+        assert response.status_code == 302
+        result = admin_client.get(response["Location"])
+    html = result.content.decode()
+    assert 'class="wh-status-code">200<' in html
+    assert '<option value="invoice.paid" selected>' in html and "4200" in html
+    (req,) = receiver.wait_for(1)
+    standardwebhooks.Webhook(secret).verify(req.body, req.headers)
+    assert req.header("webhook-test") == "true"
+    body = json.loads(req.body)
+    assert (body["event"], body["test"], body["data"]["amount"]) == ("invoice.paid", True, 4200)
+    bad = admin_client.post(_admin_url("test", endpoint.pk), {"event_type": "no.such"})
+    assert bad.status_code == 302 and len(receiver.received) == 1
+
+
+def test_admin_event_catalogue_page(admin_client, client):
+    with webhooks(EVENT_TYPES=CATALOGUE):
+        listing = admin_client.get(_admin_url("changelist")).content.decode()
+        assert _admin_url("event_types") in listing
+        page = admin_client.get(_admin_url("event_types"))
+    html = page.content.decode()
+    assert page.status_code == 200 and "<h2>Billing</h2>" in html
+    assert 'id="type-invoice.paid"' in html and "&quot;currency&quot;: &quot;eur&quot;" in html
+    assert "JSON Schema" in html and "&quot;minimum&quot;: 0" in html
+    assert 'id="type-user.legacy_signup"' in html and "deprecated" in html
+    assert 'id="type-webhook.test"' in html
+    anonymous = client.get(_admin_url("event_types"))
+    assert anonymous.status_code == 302 and "/login/" in anonymous["Location"]
+
+
+def test_admin_event_catalogue_needs_a_webhooks_permission(client):
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    staff = get_user_model().objects.create_user("staff", password="pw", is_staff=True)
+    client.force_login(staff)
+    assert client.get(_admin_url("event_types")).status_code == 403
+    staff.user_permissions.add(Permission.objects.get(codename="view_endpoint"))
+    assert client.get(_admin_url("event_types")).status_code == 200
+
+
+# API -----------------------------------------------------------------------------------
+API = "/api/webhooks"
+
+
+@pytest.fixture
+def api(db):
+    from django.contrib.auth import get_user_model
+    from django.core.cache import cache
+    from rest_framework.test import APIClient
+
+    cache.clear()  # throttle history
+    user = get_user_model().objects.create_user("alice", password="pw")
+    c = APIClient()
+    c.force_authenticate(user)
+    c.tenant = str(user.pk)
+    return c
+
+
+def test_api_endpoint_with_wildcards_and_filter_end_to_end(api, receiver):
+    r = api.post(
+        f"{API}/endpoints/",
+        {"url": receiver.url(), "events": ["user.*"], "payload_filter": PRO_100},
+        format="json",
+    )
+    assert r.status_code == 201, r.content
+    body = r.json()
+    assert body["events"] == ["user.*"] and body["payload_filter"] == PRO_100
+    emit("user.updated", {"amount": 99, "plan": "pro"}, tenant=api.tenant)
+    emit("user.updated", {"amount": 200, "plan": "pro"}, tenant=api.tenant)
+    engine.drain()
+    (req,) = receiver.wait_for(1)
+    assert json.loads(req.body)["data"] == {"amount": 200, "plan": "pro"}
+    ep = body["id"]
+    r = api.patch(f"{API}/endpoints/{ep}/", {"payload_filter": {"event": "x"}}, format="json")
+    assert r.status_code == 200 and r.json()["payload_filter"] == {"event": "x"}
+    r = api.put(f"{API}/endpoints/{ep}/", {"url": receiver.url(), "events": ["*"]}, format="json")
+    assert r.status_code == 200 and r.json()["payload_filter"] == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"payload_filter": {"data.a": {"$bad": 1}}}, "payload_filter", "$bad"),
+        ({"payload_filter": {"data..a": 1}}, "payload_filter", "data..a"),
+        ({"payload_filter": [1]}, "payload_filter", ""),
+        ({"payload_filter": {"data.a": "n\x00l"}}, "payload_filter", ""),
+        ({"events": ["user**"]}, "events", "wildcard"),
+        ({"events": ["user.legacy_signup"]}, "events", "deprecated"),
+    ],
+)
+def test_api_refuses_bad_filters_and_subscriptions_per_field(api, body, field, message):
+    from webhooks_app.models import Endpoint
+
+    with webhooks(EVENT_TYPES=CATALOGUE):
+        r = api.post(
+            f"{API}/endpoints/",
+            {"url": "http://127.0.0.1:9/", "events": ["user.created"], **body},
+            format="json",
+        )
+    assert r.status_code == 400, r.content
+    assert field in r.json() and message in " ".join(r.json()[field]), r.json()
+    assert not Endpoint.objects.exists()
+
+
+def test_api_test_action_sends_a_types_example(api, receiver, make_endpoint):
+    endpoint, secret = make_endpoint(receiver.url(), tenant=api.tenant)
+    with webhooks(EVENT_TYPES=CATALOGUE):
+        r = api.post(
+            f"{API}/endpoints/{endpoint.pk}/test/", {"event_type": "invoice.paid"}, format="json"
+        )
+    assert r.status_code == 200 and r.json()["ok"] is True, r.content
+    (req,) = receiver.wait_for(1)
+    standardwebhooks.Webhook(secret).verify(req.body, req.headers)
+    assert req.header("webhook-test") == "true" and req.header("webhook-id") == r.json()["event_id"]
+    assert json.loads(req.body)["data"] == CATALOGUE["invoice.paid"]["example"]
+    r = api.post(f"{API}/endpoints/{endpoint.pk}/test/", {"event_type": "no.such"}, format="json")
+    assert r.status_code == 400 and "event_type" in r.json()
+    r = api.post(f"{API}/endpoints/{endpoint.pk}/test/", {"event_type": 5}, format="json")
+    assert r.status_code == 400 and "event_type" in r.json()
+    assert len(receiver.received) == 1
+
+
+def test_api_event_types_returns_the_catalogue(api):
+    with webhooks(EVENT_TYPES=CATALOGUE):
+        rows = {t["name"]: t for t in api.get(f"{API}/event-types/").json()}
+    paid = rows["invoice.paid"]
+    assert paid["schema"] == SCHEMA and paid["group"] == "Billing"
+    assert paid["example"]["amount"] == 4200 and paid["subscribable"] is True
+    legacy = rows["user.legacy_signup"]
+    assert legacy["deprecated"] is True and legacy["subscribable"] is False
+    assert rows["user.created"]["schema"] is None and rows["user.created"]["group"] == "user"
+
+
+def test_admin_history_type_filter_lists_the_types_a_wildcard_covers(admin_client, make_endpoint):
+    endpoint, _ = make_endpoint("http://127.0.0.1:9/", events=["user.*"])
+    page = admin_client.get(_admin_url("history", endpoint.pk))
+    labels = [c["label"] for c in page.context["type_choices"]][1:]
+    assert labels == ["user.created", "user.deleted", "user.updated", "webhook.test"]
