@@ -94,7 +94,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "static"
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
 EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 # Failure notices are sent from the workers' sender threads: never let SMTP hang them.
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
@@ -157,6 +157,8 @@ WEBHOOKS_APP = {
     "POLL_INTERVAL": env.float("WEBHOOKS_POLL_INTERVAL", default=0.5),
     "SENDER_THREADS": env.int("WEBHOOKS_SENDER_THREADS", default=8),
     "AUTO_DISABLE_AFTER": env.int("WEBHOOKS_AUTO_DISABLE_AFTER", default=0),
+    # The customer portal (/webhooks/) inside the demo site's own layout and menu.
+    "PORTAL_BASE_TEMPLATE": "site_base.html",
     "MODEL_EVENTS": {
         "auth.User": {
             "created": "user.created",
@@ -166,6 +168,10 @@ WEBHOOKS_APP = {
         }
     },
 }
+
+# A plan check for the engine (WEBHOOKS_APP["TENANT_GATE"]); the cluster tests set it.
+if env("WEBHOOKS_TENANT_GATE", default=""):
+    WEBHOOKS_APP["TENANT_GATE"] = env("WEBHOOKS_TENANT_GATE")
 
 # The demo runs single-tenant (./dev demo sets this) so the admin user's API calls see the
 # seeded endpoint; the tests use the app's default resolver (one tenant per user).

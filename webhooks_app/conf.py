@@ -59,7 +59,20 @@ DEFAULTS: dict[str, Any] = {
     # Dotted path of a callable(request) -> tenant key for the REST API.
     "TENANT_RESOLVER": "webhooks_app.api.tenancy.default_tenant_resolver",
     # Dotted path of a callable(request, tenant) -> bool gating the feature (e.g. by plan).
+    # The API and portal pass the request; the engine asks at send time with request=None
+    # (unless TENANT_GATE is set) and records refused deliveries as failed, replayable.
     "FEATURE_GATE": None,
+    # Dotted path of a callable(tenant) -> bool the engine uses instead of
+    # FEATURE_GATE(None, tenant), for gates that need a request.
+    "TENANT_GATE": None,
+    # Customer portal (webhooks_app.portal): the template its pages extend (blocks
+    # "title" and "content"), and a callable(request, tenant) -> bool saying who in a
+    # tenant may manage webhooks (None: any authenticated user of the tenant).
+    "PORTAL_BASE_TEMPLATE": "webhooks_app/portal/base.html",
+    "PORTAL_PERMISSION": None,
+    # Seconds a portal session opened by a magic link lasts (at most; the browser
+    # session may end earlier).
+    "PORTAL_SESSION_SECONDS": 8 * 3600,
     # DRF classes for the API; None means the project's DRF defaults.
     "API_AUTHENTICATION_CLASSES": None,
     "API_PERMISSION_CLASSES": None,
@@ -70,6 +83,15 @@ DEFAULTS: dict[str, Any] = {
     # None: on when settings.DEBUG is, so development catches drift and production does
     # not pay for it.
     "VALIDATE_PAYLOADS": None,
+    # emit() refuses a body (envelope, or an endpoint's own body) larger than this many
+    # bytes of UTF-8 with a ValidationError, before anything is written. 0: no limit.
+    "MAX_PAYLOAD_BYTES": 256 * 1024,
+    # emit() refuses event data nested deeper than this many objects/arrays.
+    "MAX_PAYLOAD_DEPTH": 32,
+    # Integers beyond +-(2**53 - 1) cannot be held by a JavaScript number, so a receiver
+    # verifying JSON.stringify(JSON.parse(body)) would fail: "refuse" (ValidationError
+    # naming the path) or "string" (sent and stored as a decimal string).
+    "LARGE_INTEGERS": "refuse",
     # Write an Event row even when no endpoint is subscribed to it (e.g. for an event
     # log). Off by default: an unrouted event writes nothing, and emit() returns an
     # unsaved Event (pk None) carrying the id and body it would have had.
@@ -82,9 +104,10 @@ DEFAULTS: dict[str, Any] = {
     # and `manage.py webhooks_prune`. Pending deliveries are never deleted. 0: keep all.
     "RETENTION_DAYS": 30,
     # Rows deleted per transaction, and seconds of pause between two: small batches keep
-    # SQLite's write lock short, so the site's emit() never waits long for it.
-    "PRUNE_BATCH_SIZE": 200,
-    "PRUNE_PAUSE": 0.02,
+    # SQLite's write lock short, so the site's emit() never waits long for it. None: 100
+    # on SQLite, 1000 elsewhere (PostgreSQL locks only the old rows; fewer commits).
+    "PRUNE_BATCH_SIZE": None,
+    "PRUNE_PAUSE": 0.025,
 }
 
 
@@ -194,6 +217,22 @@ class AppSettings:
         return self._get("FEATURE_GATE")
 
     @property
+    def TENANT_GATE(self) -> str | None:
+        return self._get("TENANT_GATE")
+
+    @property
+    def PORTAL_BASE_TEMPLATE(self) -> str:
+        return str(self._get("PORTAL_BASE_TEMPLATE"))
+
+    @property
+    def PORTAL_PERMISSION(self) -> str | None:
+        return self._get("PORTAL_PERMISSION")
+
+    @property
+    def PORTAL_SESSION_SECONDS(self) -> int:
+        return int(self._get("PORTAL_SESSION_SECONDS"))
+
+    @property
     def API_AUTHENTICATION_CLASSES(self) -> list[str] | None:
         return self._get("API_AUTHENTICATION_CLASSES")
 
@@ -216,6 +255,23 @@ class AppSettings:
 
 
     @property
+    def MAX_PAYLOAD_BYTES(self) -> int:
+        return max(0, int(self._get("MAX_PAYLOAD_BYTES") or 0))
+
+    @property
+    def MAX_PAYLOAD_DEPTH(self) -> int:
+        return max(1, int(self._get("MAX_PAYLOAD_DEPTH")))
+
+    @property
+    def LARGE_INTEGERS(self) -> str:
+        value = self._get("LARGE_INTEGERS")
+        if value not in ("refuse", "string"):
+            raise ImproperlyConfigured(
+                "WEBHOOKS_APP['LARGE_INTEGERS'] must be \"refuse\" or \"string\"."
+            )
+        return value
+
+    @property
     def KEEP_UNROUTED_EVENTS(self) -> bool:
         return bool(self._get("KEEP_UNROUTED_EVENTS"))
 
@@ -229,8 +285,9 @@ class AppSettings:
         return float(self._get("RETENTION_DAYS") or 0)
 
     @property
-    def PRUNE_BATCH_SIZE(self) -> int:
-        return max(1, int(self._get("PRUNE_BATCH_SIZE")))
+    def PRUNE_BATCH_SIZE(self) -> int | None:
+        value = self._get("PRUNE_BATCH_SIZE")
+        return None if value is None else max(1, int(value))
 
     @property
     def PRUNE_PAUSE(self) -> float:

@@ -32,7 +32,7 @@ from django.db.models import F, Func, IntegerField
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from . import __version__, signals, signing, transport
+from . import __version__, gating, signals, signing, transport
 from .conf import app_settings
 from .events import TEST_EVENT
 from .models import Delivery, DeliveryAttempt, Endpoint
@@ -277,7 +277,7 @@ def request_headers(delivery: Delivery, body: bytes, keys: list[str]) -> dict[st
     headers = {"User-Agent": USER_AGENT, "X-Webhook-Event": delivery.event_type}
     if delivery.event.is_test:
         headers["webhook-test"] = "true"  # send_test(): receivers can skip side effects
-    if endpoint.method == Endpoint.Method.POST:
+    if delivery.send_method() == Endpoint.Method.POST:
         headers["Content-Type"] = "application/json"
     headers.update({str(k): str(v) for k, v in (endpoint.headers or {}).items()})
     headers.update(
@@ -300,10 +300,14 @@ class Outcome:
 
 def attempt(delivery: Delivery, keys: list[str]) -> Outcome:
     """Send one delivery (no database access)."""
+    method = delivery.send_method()  # the method its body was built for, not the endpoint's
     body = delivery.payload_bytes()
+    if method == Endpoint.Method.GET:
+        # Signed as it goes on the wire (older rows kept the URL's own query unescaped).
+        body = transport.wire_query(body.decode("utf-8")).encode("ascii")
     started_at = timezone.now()
     response = transport.send(
-        delivery.endpoint.method,
+        method,
         delivery.endpoint.url,
         body=body,
         headers=request_headers(delivery, body, keys),
@@ -559,12 +563,19 @@ def deliver_chunk(
     keys_by_endpoint: dict[int, list[str]] = {}
     remaining = list(deliveries)
     disabled: list[Delivery] = []
+    gated: list[Delivery] = []
     stalled = False
     margin = app_settings.LEASE_SECONDS / 3
     recorded: list[Outcome] = []
     try:
         disabled = [d for d in remaining if not d.endpoint.is_active]
         remaining = [d for d in remaining if d.endpoint.is_active]
+        # A tenant that lost the feature (FEATURE_GATE / TENANT_GATE): recorded, not sent.
+        if remaining and (app_settings.FEATURE_GATE or app_settings.TENANT_GATE):
+            tenants = {d.endpoint.tenant for d in remaining}
+            allowed = {t: gating.sending_allowed(t) for t in tenants}
+            gated = [d for d in remaining if not allowed[d.endpoint.tenant]]
+            remaining = [d for d in remaining if allowed[d.endpoint.tenant]]
         while remaining:
             held = lease_valid_until(token)
             if lease_deadline is not None:
@@ -587,10 +598,11 @@ def deliver_chunk(
                     [d.id for d in disabled],
                     "The endpoint is disabled; replay this delivery after enabling it.",
                 )
+                fail_unsent(token, [d.id for d in gated], gating.FEATURE_UNAVAILABLE_AT_SEND)
             finally:
                 # Handed back: never started, or attempted but not recorded (then sent
                 # again: at least once). Rows another owner holds are not touched.
-                done = {o.delivery.id for o in recorded} | {d.id for d in disabled}
+                done = {o.delivery.id for o in recorded} | {d.id for d in disabled + gated}
                 back = [d.id for d in deliveries if d.id not in done]
                 try:
                     release(token, back)

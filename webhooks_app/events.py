@@ -16,11 +16,11 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured, ValidationError
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, router, transaction
 
-from . import matching
+from . import jsonenc, matching
 from .conf import app_settings
+from .transport import wire_query
 
 TEST_EVENT = "webhook.test"
 BUILTIN_EVENT_TYPES: dict[str, dict[str, Any]] = {
@@ -126,10 +126,17 @@ def _path(error: Any) -> str:
     return out
 
 
-def validate_payload(event_type: str, data: Any, info: Mapping[str, Any] | None = None) -> None:
+def validate_payload(
+    event_type: str,
+    data: Any,
+    info: Mapping[str, Any] | None = None,
+    *,
+    normalised: bool = False,
+) -> None:
     """Check ``data`` (as JSON, as receivers get it) against the type's schema, if any.
 
     Raises ``ValidationError`` naming the first failing path, e.g. ``data.amount``.
+    ``normalised``: ``data`` is already what new_event() made of it.
     """
     if info is None:
         info = event_types().get(event_type) or {}
@@ -138,7 +145,7 @@ def validate_payload(event_type: str, data: Any, info: Mapping[str, Any] | None 
         return
     import jsonschema
 
-    as_json = json.loads(dumps(data))
+    as_json = data if normalised else jsonenc.normalise(data, path="data")
     error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(as_json))
     if error is not None:
         path = _path(error)
@@ -163,9 +170,9 @@ def check_event_type(event_type: str) -> dict[str, Any]:
     return info
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON, as ``JSON.stringify`` writes it, so receivers can re-serialise."""
-    return json.dumps(value, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False)
+# Compact JSON exactly as ``JSON.stringify`` writes it, so receivers can re-serialise
+# (see jsonenc.py); every body is built with it.
+dumps = jsonenc.dumps
 
 
 def envelope(
@@ -213,6 +220,8 @@ def _flatten(prefix: str, value: Any, out: list[tuple[str, str]]) -> None:
         out.append((prefix, ""))
     elif isinstance(value, bool):
         out.append((prefix, "true" if value else "false"))
+    elif isinstance(value, float):
+        out.append((prefix, jsonenc.format_number(value)))
     else:
         out.append((prefix, str(value)))
 
@@ -231,8 +240,9 @@ def endpoint_body(endpoint, env: dict, data: Any) -> str | None:
         payload.setdefault(key, value)  # never overrides the envelope's own keys
     if endpoint.method == "GET":
         pairs: list[tuple[str, str]] = []
-        _flatten("", json.loads(dumps(payload)), pairs)
-        own = urlsplit(endpoint.url).query  # e.g. ?token=... in the endpoint's URL
+        _flatten("", jsonenc.normalise(payload, path="", max_depth=200), pairs)
+        # e.g. ?token=... in the endpoint's URL, percent-encoded as it goes on the wire
+        own = wire_query(urlsplit(endpoint.url).query)
         return f"{own}&{urlencode(pairs)}" if own else urlencode(pairs)
     return dumps(payload)
 
@@ -301,11 +311,11 @@ def subscribed_endpoints(tenant: str, event_type: str, *, using: str | None = No
 
 
 def filter_targets(targets: list, event_type: str, tenant: str, data: Any) -> list:
-    """The targets whose payload filter passes; the data is compared as JSON, as the
-    receiver gets it (a datetime is its ISO text)."""
+    """The targets whose payload filter passes ``data`` (normalised, as new_event() left
+    it: what the receiver gets, e.g. a datetime as its ISO text)."""
     if not any(t.payload_filter for t in targets):
         return targets
-    doc = {"event": event_type, "tenant": tenant, "data": json.loads(dumps(data))}
+    doc = {"event": event_type, "tenant": tenant, "data": data}
     return [t for t in targets if not t.payload_filter or matching.matches(t.payload_filter, doc)]
 
 
@@ -314,19 +324,19 @@ def new_event(
 ) -> tuple[Any, dict]:
     """An unsaved Event with its body bytes fixed, and the envelope they encode.
 
+    ``data`` is normalised first (datetimes, Decimals, UUIDs... as DjangoJSONEncoder
+    writes them; ``ValidationError`` for what JSON cannot carry), and ``Event.data``
+    stores the normalised form, so the row and the body say the same thing.
     ``test`` marks an event sent by ``send_test()``: ``"test": true`` in the envelope and
     a ``webhook-test: true`` header on every request for it.
     """
     from .models import Event
 
+    data = jsonenc.normalise(data, path="data")
     event = Event(tenant=tenant, event_type=event_type, data=data, is_test=test)
     env = envelope(event.public_id, event_type, event.created_at, tenant, data, test=test)
-    try:
-        event.body = dumps(env)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(
-            f"Event data is not JSON-serialisable: {exc}", code="invalid"
-        ) from None
+    event.body = dumps(env)
+    jsonenc.check_size(event.body)
     return event, env
 
 
@@ -428,11 +438,18 @@ def emit(
         idempotency_key = clean_idempotency_key(idempotency_key)
     data = {} if data is None else data
     tenant = tenant or ""
+    # Everything that can refuse the data runs before the first SQL statement, so a
+    # ValidationError leaves the caller's transaction usable.
     event, env = new_event(event_type, data, tenant)
+    data = event.data
     if info["schema"] and app_settings.VALIDATE_PAYLOADS:
-        validate_payload(event_type, data, info)
+        validate_payload(event_type, data, info, normalised=True)
     endpoints = subscribed_endpoints(tenant, event_type, using=using)
     endpoints = filter_targets(endpoints, event_type, tenant, data)
+    bodies = {ep.id: endpoint_body(ep, env, data) for ep in endpoints}
+    for body in bodies.values():
+        if body is not None:
+            jsonenc.check_size(body, "The body for one of the endpoints")
     stored = bool(endpoints) or app_settings.KEEP_UNROUTED_EVENTS
     if idempotency_key is None and not stored:
         return event  # unrouted: no row, no wake-up (bounded tables)
@@ -455,7 +472,8 @@ def emit(
                         tenant=tenant,
                         event_type=event_type,
                         next_attempt_at=due,
-                        body=endpoint_body(ep, env, data),
+                        body=bodies[ep.id],
+                        method=ep.method,
                         created_at=now,
                     )
                     for ep in endpoints

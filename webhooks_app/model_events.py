@@ -7,7 +7,8 @@ from typing import Any
 
 from django.apps import apps
 from django.core.mail import send_mail
-from django.db.models.signals import post_delete, post_save
+from django.db.models import Model
+from django.db.models.signals import post_delete, post_save, pre_save
 from django.utils.module_loading import import_string
 
 from .conf import app_settings
@@ -23,29 +24,80 @@ def on_webhook_event(
     emit(event_type, data, tenant=tenant, idempotency_key=kwargs.get("idempotency_key"))
 
 
+DEFAULT_IGNORE_FIELDS = ["last_login"]
+
+
 def serialize_instance(instance, fields: list[str] | None) -> dict[str, Any]:
-    """The fields named in the binding (default: the primary key only, never a password)."""
+    """The fields named in the binding (default: the primary key only, never a password).
+
+    A related object is sent as its primary key; dates, Decimals, UUIDs... are written
+    by emit() as DjangoJSONEncoder writes them.
+    """
     names = fields or ["pk"]
     out: dict[str, Any] = {}
     for name in names:
         value = getattr(instance, name, None)
+        if isinstance(value, Model):
+            value = value.pk
         out["id" if name == "pk" else name] = value
     return out
 
 
-def _binding_handler(label: str, binding: dict[str, Any]):
-    serializer = binding.get("serializer")
-    serialize = import_string(serializer) if isinstance(serializer, str) else serializer
-    tenant_of = binding.get("tenant")
-    if isinstance(tenant_of, str) and "." in tenant_of:
-        tenant_of = import_string(tenant_of)
+def _ignored(binding: dict[str, Any]) -> set[str]:
+    value = binding.get("ignore_fields")
+    return set(DEFAULT_IGNORE_FIELDS if value is None else value)
 
-    def data_for(instance) -> Any:
+
+def _watched_values(instance, watch: list[str]) -> dict[str, Any]:
+    out = {}
+    for name in watch:
+        field = instance._meta.get_field(name)
+        out[name] = getattr(instance, field.attname)
+    return out
+
+
+def _changed(instance, binding: dict[str, Any], update_fields) -> bool:
+    """Whether an update is worth an event (``ignore_fields`` / ``watch_fields``).
+
+    ``update_fields`` that touch only ignored fields (by default ``last_login``, which
+    Django writes at every login) send nothing. With ``watch_fields``, an update sends
+    only when one of them changed: told by ``update_fields``, or, for a plain save(), by
+    comparing with the values read just before it.
+    """
+    watch = binding.get("watch_fields")
+    if update_fields is not None:
+        touched = {instance._meta.get_field(f).name for f in update_fields}
+        if touched and touched <= _ignored(binding):
+            return False
+        if watch and not touched & set(watch):
+            return False
+    if watch:
+        before = getattr(instance, "_webhooks_app_before", None)
+        if before is not None:
+            return before != _watched_values(instance, list(watch))
+    return True
+
+
+def _binding(label: str) -> dict[str, Any] | None:
+    """The binding as the settings say now (they are read live, like every setting)."""
+    return app_settings.MODEL_EVENTS.get(label)
+
+
+def _binding_handler(label: str):
+    def serializer_of(binding: dict[str, Any]):
+        serializer = binding.get("serializer")
+        return import_string(serializer) if isinstance(serializer, str) else serializer
+
+    def data_for(binding: dict[str, Any], instance) -> Any:
+        serialize = serializer_of(binding)
         if serialize:
             return serialize(instance)
         return serialize_instance(instance, binding.get("fields"))
 
-    def tenant_for(instance) -> str | None:
+    def tenant_for(binding: dict[str, Any], instance) -> str | None:
+        tenant_of = binding.get("tenant")
+        if isinstance(tenant_of, str) and "." in tenant_of:
+            tenant_of = import_string(tenant_of)
         if callable(tenant_of):
             return tenant_of(instance)
         if isinstance(tenant_of, str):
@@ -53,23 +105,48 @@ def _binding_handler(label: str, binding: dict[str, Any]):
             return None if value is None else str(value)
         return None
 
-    def on_save(sender, instance, created: bool, raw: bool = False, **kwargs) -> None:
-        if raw:
-            return  # loaddata
+    def before_save(sender, instance, raw: bool = False, update_fields=None, **kwargs) -> None:
+        binding = _binding(label) or {}
+        watch = binding.get("watch_fields")
+        instance.__dict__.pop("_webhooks_app_before", None)
+        if raw or not watch or not binding.get("updated") or instance._state.adding:
+            return
+        if update_fields is not None or instance.pk is None:
+            return  # update_fields tell what changes
+        before = (
+            type(instance)
+            ._base_manager.using(kwargs.get("using"))
+            .filter(pk=instance.pk)
+            .values(*[instance._meta.get_field(f).attname for f in watch])
+            .first()
+        )
+        if before is not None:
+            names = {instance._meta.get_field(f).attname: f for f in watch}
+            instance._webhooks_app_before = {names[k]: v for k, v in before.items()}
+
+    def on_save(
+        sender, instance, created: bool, raw: bool = False, update_fields=None, **kwargs
+    ) -> None:
+        binding = _binding(label)
+        if raw or binding is None:
+            return  # loaddata, or the binding was removed
         event_type = binding.get("created" if created else "updated")
+        if not created and event_type and not _changed(instance, binding, update_fields):
+            return
         if event_type:
             from .events import emit
 
-            emit(event_type, data_for(instance), tenant=tenant_for(instance))
+            emit(event_type, data_for(binding, instance), tenant=tenant_for(binding, instance))
 
     def on_delete(sender, instance, **kwargs) -> None:
-        event_type = binding.get("deleted")
+        binding = _binding(label)
+        event_type = binding and binding.get("deleted")
         if event_type:
             from .events import emit
 
-            emit(event_type, data_for(instance), tenant=tenant_for(instance))
+            emit(event_type, data_for(binding, instance), tenant=tenant_for(binding, instance))
 
-    return on_save, on_delete
+    return before_save, on_save, on_delete
 
 
 _connected: list = []
@@ -77,13 +154,14 @@ _connected: list = []
 
 def connect_model_signals() -> None:
     """Bind ``WEBHOOKS_APP['MODEL_EVENTS']``: {"app.Model": {"created": "type", ...}}."""
-    for label, binding in app_settings.MODEL_EVENTS.items():
+    for label in app_settings.MODEL_EVENTS:
         try:
             model = apps.get_model(label)
         except (LookupError, ValueError):
             continue  # checks.E003 reports it
-        on_save, on_delete = _binding_handler(label, binding)
-        _connected.append((on_save, on_delete))  # signals hold weak references
+        before_save, on_save, on_delete = _binding_handler(label)
+        _connected.append((before_save, on_save, on_delete))  # signals hold weak references
+        pre_save.connect(before_save, sender=model, dispatch_uid=f"webhooks_app.pre.{label}")
         post_save.connect(on_save, sender=model, dispatch_uid=f"webhooks_app.save.{label}")
         post_delete.connect(on_delete, sender=model, dispatch_uid=f"webhooks_app.delete.{label}")
 

@@ -190,6 +190,11 @@ class Delivery(models.Model):
     # Set only when this endpoint's body differs from the event's (GET, selected fields,
     # custom values); fixed at emit time like Event.body.
     body = models.TextField(null=True, blank=True)
+    # The HTTP method the body was built for (GET: a query string, POST: JSON), fixed at
+    # emit time with it: an endpoint whose method changes later gets the new method for
+    # later events only, and a delivery is never sent in a form it was not built for.
+    # Empty on rows from before this column (see send_method()).
+    method = models.CharField(max_length=4, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -226,6 +231,15 @@ class Delivery(models.Model):
 
     def payload_bytes(self) -> bytes:
         return (self.body if self.body is not None else self.event.body).encode("utf-8")
+
+    def send_method(self) -> str:
+        """The method to send with: the one the body was built for."""
+        if self.method:
+            return self.method
+        # Older rows: the envelope and custom JSON bodies are objects; a query is not.
+        if self.body is None or self.body.startswith("{"):
+            return Endpoint.Method.POST
+        return Endpoint.Method.GET
 
 
 class DeliveryAttempt(models.Model):
@@ -271,3 +285,16 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} → {self.event_public_id}"
+
+
+class MagicLinkUse(models.Model):
+    """A portal magic link that was redeemed: each link opens the portal once."""
+
+    nonce = models.CharField(max_length=64, unique=True)
+    tenant = models.CharField(max_length=100, blank=True, default="")
+    used_at = models.DateTimeField(default=timezone.now)
+    # Rows past this time can be deleted: an expired link is refused on its signature.
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"magic link {self.nonce[:8]}… ({self.tenant})"

@@ -8,6 +8,7 @@ and returns querysets, rows or counts.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -119,6 +120,26 @@ def filter_deliveries(
 def delivery_detail(queryset: QuerySet[Delivery], pk: int) -> Delivery | None:
     """One delivery of ``queryset`` with its event and attempt log, or None."""
     return queryset.select_related("event").prefetch_related("attempt_log").filter(pk=pk).first()
+
+
+def test_result(endpoint: Endpoint, delivery_id: Any) -> Delivery | None:
+    """A test delivery of ``endpoint`` by id (for the Test page's result), or None.
+
+    Any type can be sent as a test (``send_test(event_type=...)``): tests are the
+    deliveries of events marked ``is_test``."""
+    pk = _cursor(delivery_id)
+    if pk is None:
+        return None
+    return delivery_detail(deliveries(endpoint=endpoint).filter(event__is_test=True), pk)
+
+
+def payload_text(delivery: Delivery) -> str:
+    """The payload as sent: indented JSON, or a GET endpoint's query string as is."""
+    payload = delivery.payload_bytes().decode("utf-8", "replace")
+    try:
+        return json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
+    except ValueError:
+        return payload
 
 
 def capped_count(queryset: QuerySet, cap: int = HISTORY_COUNT_CAP) -> tuple[int, bool]:

@@ -18,7 +18,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
-from . import engine, events, matching, queries, signing, transport
+from . import engine, events, jsonenc, matching, queries, signing, transport
 from .conf import app_settings
 from .models import Delivery, Endpoint, Subscription
 
@@ -139,11 +139,9 @@ def _clean_payload_extra(value: Any) -> dict[str, Any]:
         )
     if any(not isinstance(k, str) or not k for k in value):
         raise ValidationError("Keys must be non-empty text.", code="invalid")
-    try:
-        events.dumps(value)
-    except (TypeError, ValueError):
-        raise ValidationError("Values must be JSON.", code="invalid") from None
-    return dict(value)
+    # Datetimes, Decimals, UUIDs... are stored as DjangoJSONEncoder writes them; what
+    # JSON cannot carry (NaN, sets, bytes, huge integers) is refused with its path.
+    return jsonenc.normalise(dict(value), path="payload_extra")
 
 
 def _clean_payload_fields(value: Any) -> list[str]:
@@ -400,12 +398,12 @@ def send_test(
             events.validate_payload(event_type, payload, info)
         except ValidationError as exc:
             raise ValidationError({"data": exc.error_list}) from None
+    try:
+        event, env = events.new_event(event_type, payload, endpoint.tenant, test=True)
+    except ValidationError as exc:
+        raise ValidationError({"data": exc.error_list}) from None
     token = _secrets.token_hex(16)
     with transaction.atomic():
-        try:
-            event, env = events.new_event(event_type, payload, endpoint.tenant, test=True)
-        except ValidationError as exc:
-            raise ValidationError({"data": exc.error_list}) from None
         event.save()
         # Claimed by us from the start, so no worker sends it a second time.
         delivery = Delivery.objects.create(
@@ -413,7 +411,8 @@ def send_test(
             endpoint=endpoint,
             tenant=endpoint.tenant,
             event_type=event_type,
-            body=events.endpoint_body(endpoint, env, payload),
+            body=events.endpoint_body(endpoint, env, event.data),
+            method=endpoint.method,
             claim_token=token,
             # No due time: no worker ever claims a test, even if this process dies.
             next_attempt_at=None,

@@ -9,7 +9,6 @@ due for the next worker. A touch after the event starts a new cycle (a new row).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from datetime import timedelta
@@ -23,16 +22,6 @@ logger = logging.getLogger("webhooks_app.timers")
 
 MAX_KEY_LENGTH = 200
 FIRE_BATCH = 100
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_has_nul(v) for v in value)
-    return False
 
 
 def _idle_seconds(idle: Any) -> float:
@@ -59,7 +48,8 @@ def touch(
     """Record activity on ``key``: ``event_type`` is emitted with ``data`` once the key has
     seen no touch for ``idle``. Each call moves the deadline and replaces the data (and
     type and tenant). Runs in the caller's transaction; returns the timer row."""
-    from . import events
+    from . import events, jsonenc
+    from .conf import app_settings
     from .models import InactivityTimer
 
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH or "\x00" in key:
@@ -70,19 +60,11 @@ def touch(
     info = events.check_event_type(event_type)
     if event_type == events.TEST_EVENT:
         raise ValidationError({"event_type": ["webhook.test is only sent by the Test button."]})
-    data = {} if data is None else data
-    try:
-        as_json = json.loads(events.dumps(data))
-    except (TypeError, ValueError) as exc:
-        message = f"Event data is not JSON-serialisable: {exc}"
-        raise ValidationError(message, code="invalid") from None
-    if _has_nul(as_json):
-        raise ValidationError("Event data cannot contain null characters.", code="invalid")
-    if info["schema"]:
-        from .conf import app_settings
-
-        if app_settings.VALIDATE_PAYLOADS:
-            events.validate_payload(event_type, as_json, info)
+    # Normalised as emit() does (refusing what JSON or the database cannot carry), so the
+    # caller hears about bad data now, not a worker half an hour later.
+    as_json = jsonenc.normalise({} if data is None else data, path="data")
+    if info["schema"] and app_settings.VALIDATE_PAYLOADS:
+        events.validate_payload(event_type, as_json, info, normalised=True)
     now = timezone.now()
     db = using or router.db_for_write(InactivityTimer)
     row = InactivityTimer(

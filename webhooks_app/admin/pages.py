@@ -111,15 +111,7 @@ class EndpointPagesMixin:
             self.message_user(request, outcome, messages.SUCCESS if result.ok else messages.ERROR)
             query = urlencode({"event_type": event_type, "result": result.delivery.pk})
             return HttpResponseRedirect(f"{url}?{query}")
-        result = None
-        if request.GET.get("result", "").isdigit():
-            result = (
-                Delivery.objects.filter(
-                    pk=int(request.GET["result"]), endpoint=obj, event__is_test=True
-                )
-                .prefetch_related("attempt_log")
-                .first()
-            )
+        result = queries.test_result(obj, request.GET.get("result"))
         choices = self._test_types(obj)
         chosen = request.GET.get("event_type", TEST_EVENT)
         if chosen not in dict(choices):
@@ -258,11 +250,7 @@ class EndpointPagesMixin:
         delivery = queries.delivery_detail(queries.deliveries(endpoint=obj), delivery_id)
         if delivery is None:
             raise Http404(_("No delivery with this id."))
-        payload = delivery.payload_bytes().decode("utf-8", "replace")
-        try:
-            payload = json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
-        except ValueError:
-            pass  # a GET endpoint's query string, shown as sent
+        payload = queries.payload_text(delivery)
         log = list(delivery.attempt_log.all())
         context = self._context(
             request,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
 from rest_framework.settings import api_settings
 
+from .. import gating
 from ..conf import app_settings
 from .tenancy import resolve_tenant
 
@@ -26,20 +26,11 @@ class HasTenant(BasePermission):
 class HasWebhooksFeature(BasePermission):
     """``WEBHOOKS_APP["FEATURE_GATE"]`` allows this tenant (e.g. webhooks on higher plans)."""
 
-    message = "Webhooks are not available on your plan. Upgrade to use webhooks."
+    message = gating.FEATURE_UNAVAILABLE
     code = "feature_unavailable"
 
     def has_permission(self, request: Any, view: Any) -> bool:
-        path = app_settings.FEATURE_GATE
-        if not path:
-            return True
-        try:
-            gate = import_string(path) if isinstance(path, str) else path
-        except ImportError as exc:
-            raise ImproperlyConfigured(
-                f"WEBHOOKS_APP['FEATURE_GATE'] = {path!r} cannot be imported: {exc}"
-            ) from exc
-        return bool(gate(request, resolve_tenant(request)))
+        return gating.feature_enabled(resolve_tenant(request), request)
 
 
 # Checked in this order, each only after the previous one passed, so the resolver and the

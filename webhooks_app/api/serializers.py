@@ -359,3 +359,20 @@ class StatsSerializer(serializers.Serializer):
     inactive = serializers.IntegerField()
     event_types = serializers.IntegerField(help_text="Distinct event types subscribed to.")
     failed_24h = serializers.IntegerField(help_text="Deliveries failed in the last 24 hours.")
+
+
+# REST Hooks (Zapier, Make, n8n) ------------------------------------------------------------
+class HookSubscribeSerializer(StrictSerializer):
+    target_url = StrictCharField(
+        max_length=2000, help_text="The URL the platform wants the event delivered to."
+    )
+    event = StrictCharField(max_length=100, help_text="One subscribable event type.")
+
+
+class HookSerializer(serializers.Serializer):
+    id = serializers.IntegerField(help_text="The subscription id (an endpoint id).")
+    target_url = serializers.CharField()
+    event = serializers.CharField()
+    secret = serializers.CharField(
+        help_text="The signing secret of the deliveries, returned this once."
+    )

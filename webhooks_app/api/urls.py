@@ -9,10 +9,16 @@ from .schema import SchemaView
 router = SimpleRouter()
 router.register("endpoints", views.EndpointViewSet, basename="webhooks-endpoint")
 router.register("deliveries", views.DeliveryViewSet, basename="webhooks-delivery")
+router.register("hooks", views.HookViewSet, basename="webhooks-hook")
 
 urlpatterns = [
     *router.urls,
     path("event-types/", views.EventTypeListView.as_view(), name="webhooks-event-types"),
+    path(
+        "event-types/<str:name>/sample/",
+        views.EventTypeSampleView.as_view(),
+        name="webhooks-event-type-sample",
+    ),
     path("stats/", views.StatsView.as_view(), name="webhooks-stats"),
     path("schema/", SchemaView.as_view(), name="webhooks-schema"),
 ]

@@ -11,6 +11,7 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
 from django.http import Http404
+from django.utils import timezone
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
@@ -25,7 +26,7 @@ from rest_framework.serializers import as_serializer_error
 from rest_framework.views import APIView
 
 from .. import events, queries, services
-from ..models import Delivery, Endpoint
+from ..models import Delivery, Endpoint, new_event_id
 from . import serializers as s
 from .filters import DeliveryFilter, EndpointFilter, TenantDeliveryFilter
 from .pagination import MAX_ID, IdCursorPagination
@@ -368,3 +369,79 @@ class StatsView(WebhooksAPIMixin, APIView):
     )
     def get(self, request: Request) -> Response:
         return Response(s.StatsSerializer(queries.stats(self.tenant)).data)
+
+
+# REST Hooks --------------------------------------------------------------------------------
+@extend_schema_view(
+    create=extend_schema(
+        summary="Subscribe a REST hook",
+        description="The REST Hooks convention of Zapier, Make and n8n: creates an endpoint "
+        "receiving one event type at `target_url`, with a generated secret. A 410 from the "
+        "target disables it (unsubscribes).",
+        request=s.HookSubscribeSerializer,
+        responses={201: s.HookSerializer, **BAD_REQUEST, **COMMON_ERRORS},
+    ),
+    destroy=extend_schema(
+        summary="Unsubscribe a REST hook",
+        description="Deletes the subscription's endpoint with its delivery history.",
+        responses={204: None, **COMMON_ERRORS, **NOT_FOUND},
+    ),
+)
+class HookViewSet(
+    WebhooksAPIMixin, mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet
+):
+    """REST Hooks subscriptions of the request's tenant: endpoints with one event each."""
+
+    queryset = Endpoint.objects.none()
+    serializer_class = s.HookSubscribeSerializer
+
+    def get_queryset(self) -> QuerySet[Endpoint]:
+        return queries.endpoints(self.tenant)
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        values = _validated(s.HookSubscribeSerializer, request)
+        try:
+            endpoint, secret = services.create_endpoint(
+                tenant=self.tenant,
+                url=values["target_url"],
+                events=[values["event"]],
+                name=f"REST hook: {values['event']}"[:200],
+            )
+        except DjangoValidationError as exc:
+            # Field names of this request: url -> target_url, events -> event.
+            renamed = {"url": "target_url", "events": "event"}
+            errors = as_serializer_error(exc)
+            raise DRFValidationError({renamed.get(k, k): v for k, v in errors.items()}) from None
+        data = {
+            "id": endpoint.pk,
+            "target_url": endpoint.url,
+            "event": values["event"],
+            "secret": secret,
+        }
+        return Response(s.HookSerializer(data).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance: Endpoint) -> None:
+        services.delete_endpoint(instance)
+
+
+class EventTypeSampleView(WebhooksAPIMixin, APIView):
+    """What a REST Hooks platform polls to build a trigger: a list of sample payloads."""
+
+    @extend_schema(
+        summary="Sample payloads of an event type",
+        description="A list with one envelope as deliveries carry it, built from the "
+        "type's registered example.",
+        responses={
+            200: OpenApiResponse(OpenApiTypes.OBJECT, description="A list of sample payloads."),
+            **COMMON_ERRORS,
+            **NOT_FOUND,
+        },
+    )
+    def get(self, request: Request, name: str) -> Response:
+        info = events.event_types().get(name)
+        if info is None or name == events.TEST_EVENT:
+            raise Http404
+        sample = events.envelope(
+            new_event_id(), name, timezone.now(), self.tenant, info.get("example", {})
+        )
+        return Response([sample])

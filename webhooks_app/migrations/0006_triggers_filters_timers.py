@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('webhooks_app', '0003_idempotency_key'),
+        ('webhooks_app', '0005_delivery_method'),
     ]
 
     operations = [
