@@ -292,21 +292,17 @@ def subscribed_endpoints(tenant: str, event_type: str, *, using: str | None = No
     with conn.cursor() as cursor:
         cursor.execute(sql, [tenant, True, *names])
         rows = cursor.fetchall()
-    if len(names) == 1 or len(rows) < 2:
-        return [
-            _Target(r[0], r[1], r[2], _json(r[3]) or [], _json(r[4]) or {}, _json(r[5]) or {})
-            for r in rows
-            if r[7]
-        ]
-    best: dict[int, tuple] = {}
-    for r in rows:
-        kept = best.get(r[0])
-        if kept is None or matching.specificity(r[6]) > matching.specificity(kept[6]):
-            best[r[0]] = r
+    if len(rows) > 1:
+        best: dict[int, tuple] = {}
+        for r in rows:
+            kept = best.get(r[0])
+            if kept is None or matching.specificity(r[6]) > matching.specificity(kept[6]):
+                best[r[0]] = r
+        rows = list(best.values())
     return [
         _Target(r[0], r[1], r[2], _json(r[3]) or [], _json(r[4]) or {}, _json(r[5]) or {})
-        for r in best.values()
-        if r[7]
+        for r in rows
+        if r[7]  # the deciding subscription is enabled
     ]
 
 
