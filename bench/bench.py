@@ -392,15 +392,18 @@ class Cluster:
 
     def cpu_seconds(self) -> float:
         """utime + stime of the whole cluster (main, sentinel, workers, pusher, monitor)."""
-        total = 0
+        return sum(self.cpu_by_pid().values())
+
+    def cpu_by_pid(self) -> dict[int, float]:
+        out = {}
         for pid in [self.proc.pid, *descendants(self.proc.pid)]:
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
+                out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
             except (OSError, IndexError, ValueError):
                 continue
-        return total / os.sysconf("SC_CLK_TCK")
+        return out
 
     def worker_pids(self) -> list[int]:
         return [
@@ -617,7 +620,8 @@ class Bench:
                     self.profiles.setdefault(name, []).append(out)
                     spawn(
                         [spy, "record", "-f", "raw", "-o", str(out), "--pid", str(pid)]
-                        + ["-d", str(seconds), "-r", "100", "--nonblocking"],
+                        + ["-d", str(seconds), "-r", "100", "--nonblocking"]
+                        + os.environ.get("BENCH_PYSPY_ARGS", "").split(),
                         log=RESULTS / "py-spy.log",
                     )
 
@@ -633,7 +637,8 @@ class Bench:
         self.profiles.setdefault(name, []).append(out)
         p = spawn(
             [spy, "record", "-f", "raw", "-o", str(out), "--pid", str(os.getpid())]
-            + ["-r", "200", "--nonblocking"],
+            + ["-r", "200", "--nonblocking"]
+            + os.environ.get("BENCH_PYSPY_ARGS", "").split(),
             log=RESULTS / "py-spy.log",
         )
         time.sleep(1.0)  # py-spy attaches
@@ -753,7 +758,7 @@ class Bench:
             self.profile(cluster, name, 20)
             emit_s = []
             batch = self.args.batch
-            machine0, cpu0 = machine_busy(), cluster.cpu_seconds()
+            machine0, cpu0 = machine_busy(), cluster.cpu_by_pid()
             t_first = time.time()
             for start in range(0, events, batch):
                 emit_s.append(self.emit_batch(start, min(batch, events - start)))
@@ -762,7 +767,12 @@ class Bench:
             got = self.receiver.wait_count(prefix, total, timeout=self.args.drain_timeout)
             end = max(line[0] for line in got) if got else time.time()
             peaks = cluster.worker_peaks_mb()
-            cluster_cpu = cluster.cpu_seconds() - cpu0
+            cpu1 = cluster.cpu_by_pid()
+            cluster_cpu = sum(cpu1.values()) - sum(cpu0.values())
+            # Split: the worker processes (those with sender threads by now), and
+            # django-q2's other processes (main, sentinel, pusher, monitor).
+            workers = set(cluster.worker_pids())
+            worker_cpu = sum(v - cpu0.get(p, 0.0) for p, v in cpu1.items() if p in workers)
             machine1 = machine_busy()
         finally:
             cluster.stop()
@@ -777,6 +787,8 @@ class Bench:
             "worker_peak_rss_mb": peaks,
             # CPU: the cluster's per delivery, and how busy both cores were meanwhile.
             "cluster_cpu_ms_per_delivery": 1000 * cluster_cpu / max(1, len(got)),
+            "worker_cpu_ms_per_delivery": 1000 * worker_cpu / max(1, len(got)),
+            "other_cpu_ms_per_delivery": 1000 * (cluster_cpu - worker_cpu) / max(1, len(got)),
             "machine_busy_fraction": (machine1[0] - machine0[0])
             / max(1e-9, machine1[1] - machine0[1]),
         }
@@ -1167,6 +1179,14 @@ def summarize(mode: str, workers: int, runs: list[dict], wrk: float | None) -> l
             cpu_ratio,
             "≤ 1.0×",
             cpu_ratio is not None and cpu_ratio <= 1.0,
+        )
+        add(
+            label,
+            "  of which worker processes / django-q2's others",
+            per_run(lambda r, k=key: r[k]["worker_cpu_ms_per_delivery"]),
+            "ms",
+            per_run(lambda r, k=key: r[k]["other_cpu_ms_per_delivery"]),
+            "ms others",
         )
         add(
             label,

@@ -157,6 +157,10 @@ WEBHOOKS_APP = {
     "POLL_INTERVAL": env.float("WEBHOOKS_POLL_INTERVAL", default=0.5),
     "SENDER_THREADS": env.int("WEBHOOKS_SENDER_THREADS", default=8),
     "AUTO_DISABLE_AFTER": env.int("WEBHOOKS_AUTO_DISABLE_AFTER", default=0),
+    "BREAKER_THRESHOLD": env.int("WEBHOOKS_BREAKER_THRESHOLD", default=10),
+    "BREAKER_COOLDOWN": env.float("WEBHOOKS_BREAKER_COOLDOWN", default=30.0),
+    "BREAKER_DISABLE_AFTER": env.float("WEBHOOKS_BREAKER_DISABLE_AFTER", default=0),
+    "NOTIFY_INTERVAL": env.float("WEBHOOKS_NOTIFY_INTERVAL", default=3600.0),
     # The customer portal (/webhooks/) inside the demo site's own layout and menu.
     "PORTAL_BASE_TEMPLATE": "site_base.html",
     "MODEL_EVENTS": {
@@ -169,9 +173,10 @@ WEBHOOKS_APP = {
     },
 }
 
-# A plan check for the engine (WEBHOOKS_APP["TENANT_GATE"]); the cluster tests set it.
-if env("WEBHOOKS_TENANT_GATE", default=""):
-    WEBHOOKS_APP["TENANT_GATE"] = env("WEBHOOKS_TENANT_GATE")
+# Plan checks (WEBHOOKS_APP["FEATURE_GATE"] / ["TENANT_GATE"]); the cluster tests set them.
+for _gate in ("FEATURE_GATE", "TENANT_GATE"):
+    if env(f"WEBHOOKS_{_gate}", default=""):
+        WEBHOOKS_APP[_gate] = env(f"WEBHOOKS_{_gate}")
 
 # The demo runs single-tenant (./dev demo sets this) so the admin user's API calls see the
 # seeded endpoint; the tests use the app's default resolver (one tenant per user).

@@ -14,6 +14,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("api/webhooks/", include("webhooks_app.api.urls")),
     path("webhooks/", include("webhooks_app.portal.urls")),
+    path("metrics/", include("webhooks_app.metrics.urls")),
     path("receiver/", receiver.inbox_list, name="receiver-list"),
     path("receiver/<slug:slug>/", receiver.receive, name="receiver-receive"),
 ]

@@ -108,8 +108,14 @@ def axie_receiver(secret: str) -> NodeServer:
 
 
 def standard_receiver(secret: str) -> NodeServer:
-    """Verifies with ``standardwebhooks``; prints one JSON line per request."""
-    return NodeServer(["sw_receiver.js"], {"WEBHOOK_SECRET": secret})
+    """Verifies with ``standardwebhooks``; prints one JSON line per request.
+
+    Node refuses request lines over 16 KiB (431) by default; the table's GET queries of
+    a 40 kB payload need more (a note in README says so for GET endpoints).
+    """
+    return NodeServer(
+        ["--max-http-header-size=1048576", "sw_receiver.js"], {"WEBHOOK_SECRET": secret}
+    )
 
 
 def json_lines(server: NodeServer) -> list[dict]:

@@ -384,6 +384,25 @@ def test_claim_never_hands_out_a_leased_row_twice(make_endpoint, receiver):
     assert not {d.pk for d in first} & {d.pk for d in second}
 
 
+def test_claim_takes_rows_of_as_many_endpoints_as_it_has_threads(make_endpoint, receiver):
+    """A fan-out claim takes rows only of endpoints a free thread can send to, oldest
+    endpoint first; the others' rows are never claimed (not claimed and handed back)."""
+    endpoints = [make_endpoint(receiver.url(f"/e{k}"))[0] for k in range(3)]
+    for _ in range(4):
+        emit("user.created", {})  # one delivery per endpoint, interleaved
+    token, rows = engine.claim(10, max_endpoints=2)
+    taken = {d.endpoint_id for d in rows}
+    (left,) = {e.pk for e in endpoints} - taken
+    assert len(rows) == 8 and len(taken) == 2
+    assert not Delivery.objects.filter(endpoint_id=left, claim_token__gt="").exists()
+    assert Delivery.objects.filter(claim_token=token).count() == 8
+    # One Endpoint object per endpoint for all its rows.
+    assert len({id(d.endpoint) for d in rows}) == 2
+    # Without the bound every endpoint's rows come.
+    _, rest = engine.claim(10)
+    assert len(rest) == 4 and {d.endpoint_id for d in rest} == {left}
+
+
 def test_broker_outage_does_not_fail_the_callers_save(receiver, make_endpoint, monkeypatch, caplog):
     make_endpoint(receiver.url())
 

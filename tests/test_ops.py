@@ -6,7 +6,9 @@ import time
 from datetime import timedelta
 
 import pytest
+import standardwebhooks
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
@@ -16,7 +18,14 @@ from django.utils import timezone
 
 from tests.receiver import Reply
 from webhooks_app import emit, engine, services
-from webhooks_app.models import Delivery, DeliveryAttempt, Event, IdempotencyKey
+from webhooks_app.models import (
+    Delivery,
+    DeliveryAttempt,
+    Endpoint,
+    Event,
+    IdempotencyKey,
+    Recovery,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -293,3 +302,201 @@ def test_the_prune_schedule_is_created_once_after_migrate():
     Schedule.objects.all().delete()
     assert retention.ensure_schedule() is True
     assert retention.ensure_schedule() is False
+
+
+# Recover in bulk -----------------------------------------------------------------------------
+def _failures(receiver, make_endpoint, n=3, tenant=""):
+    """An endpoint with ``n`` failed deliveries (HTTP 500), plus a succeeded one."""
+    endpoint, secret = make_endpoint(receiver.url(), tenant=tenant)
+    receiver.script(*[Reply(500, b"down")] * n)
+    with webhooks(RETRY_SCHEDULE=[0]):
+        events = [emit("user.created", {"i": i}, tenant=tenant) for i in range(n)]
+        engine.drain()
+        emit("user.created", {"i": "ok"}, tenant=tenant)
+        engine.drain()
+    assert Delivery.objects.filter(endpoint=endpoint, status="failed").count() == n
+    return endpoint, secret, events
+
+
+def test_recover_replays_failed_deliveries_in_the_window_once(receiver, make_endpoint):
+    endpoint, secret, events = _failures(receiver, make_endpoint)
+    other, _ = make_endpoint(receiver.url("/other"), events=["user.deleted"])
+    receiver.script(Reply(500))
+    with webhooks(RETRY_SCHEDULE=[0]):
+        emit("user.deleted", {})
+        engine.drain()
+    old = Delivery.objects.get(endpoint=endpoint, event=events[0])
+    Delivery.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=3))
+    received_before = len(receiver.received)
+    since = timezone.now() - timedelta(days=1)
+    result = services.recover(endpoint, since=since)
+    assert result.queued == 2  # not the one created 3 days ago, not the other endpoint's
+    assert services.recover(endpoint, since=since).queued == 0  # clicked twice
+    assert Delivery.objects.get(pk=old.pk).status == "failed"
+    assert Delivery.objects.filter(endpoint=other, status="failed").count() == 1
+    engine.drain()
+    got = receiver.wait_for(received_before + 2)[received_before:]
+    assert sorted(json.loads(r.body)["data"]["i"] for r in got) == [1, 2]
+    for r in got:  # same event id and bytes as the first attempt, freshly signed
+        event = Event.objects.get(public_id=r.header("webhook-id"))
+        assert r.body == event.body.encode()
+        standardwebhooks.Webhook(secret).verify(r.body, r.headers)
+    assert Delivery.objects.filter(endpoint=endpoint, status="succeeded").count() == 3
+    until_result = services.recover(
+        endpoint, since=timezone.now() - timedelta(days=4), until=timezone.now() - timedelta(days=2)
+    )
+    assert until_result.queued == 1
+    assert Recovery.objects.filter(endpoint=endpoint).count() == 3
+
+
+def test_recover_validates_and_refuses_a_disabled_endpoint(make_endpoint):
+    endpoint, _ = make_endpoint("http://127.0.0.1:9/hook")
+    now = timezone.now()
+    for kwargs, field in [
+        ({"since": "yesterday"}, "since"),
+        ({"since": None}, "since"),
+        ({"since": now + timedelta(hours=1)}, "since"),
+        ({"since": now, "until": now - timedelta(hours=1)}, "until"),
+        ({"since": "2026-01-01T00:00:00Z", "until": "\x00"}, "until"),
+    ]:
+        with pytest.raises(ValidationError) as exc:
+            services.recover(endpoint, **kwargs)
+        assert field in exc.value.message_dict, kwargs
+    services.update_endpoint(endpoint, is_active=False)
+    with pytest.raises(ValidationError, match="disabled"):
+        services.recover(endpoint, since=now - timedelta(hours=1))
+    assert not Recovery.objects.exists()
+
+
+def test_recover_is_throttled_per_tenant(make_endpoint):
+    a, _ = make_endpoint("http://127.0.0.1:9/a", tenant="acme")
+    b, _ = make_endpoint("http://127.0.0.1:9/b", tenant="acme")
+    c, _ = make_endpoint("http://127.0.0.1:9/c", tenant="globex")
+    since = timezone.now() - timedelta(hours=1)
+    with webhooks(RECOVER_RATE="2/hour"):
+        services.recover(a, since=since)
+        services.recover(b, since=since)
+        with pytest.raises(services.RecoverThrottled) as exc:
+            services.recover(a, since=since)
+        assert 3500 < exc.value.wait <= 3600
+        services.recover(c, since=since)  # another tenant has its own allowance
+        Recovery.objects.update(created_at=timezone.now() - timedelta(hours=2))
+        services.recover(a, since=since)
+    with webhooks(RECOVER_RATE=None):
+        for _ in range(5):
+            services.recover(a, since=since)
+
+
+def test_recover_command(receiver, make_endpoint, capsys):
+    endpoint, _, _ = _failures(receiver, make_endpoint, n=2)
+    call_command("webhooks_recover", str(endpoint.pk), "--since", "1h")
+    assert "2 failed delivery(ies)" in capsys.readouterr().out
+    call_command("webhooks_recover", str(endpoint.pk), "--since", "2020-01-01T00:00:00Z")
+    assert "0 failed delivery(ies)" in capsys.readouterr().out
+    with pytest.raises(CommandError, match="No endpoint"):
+        call_command("webhooks_recover", "999999", "--since", "1h")
+    with pytest.raises(CommandError, match="date and time"):
+        call_command("webhooks_recover", str(endpoint.pk), "--since", "soon")
+
+
+def test_recover_api(receiver, make_endpoint):
+    from rest_framework.test import APIClient
+
+    alice = get_user_model().objects.create_user("alice", password="pw")
+    bob = get_user_model().objects.create_user("bob", password="pw")
+    endpoint, _, _ = _failures(receiver, make_endpoint, n=2, tenant=str(alice.pk))
+    client = APIClient()
+    client.force_authenticate(alice)
+    path = f"/api/webhooks/endpoints/{endpoint.pk}/recover/"
+    since = (timezone.now() - timedelta(hours=1)).isoformat()
+    r = client.post(path, {"since": since}, format="json")
+    assert r.status_code == 202, r.content
+    assert r.json()["queued"] == 2 and r.json()["until"] is None
+    assert client.post(path, {"since": since}, format="json").json()["queued"] == 0
+    r = client.post(path, {"since": "nope"}, format="json")
+    assert r.status_code == 400 and "since" in r.json()
+    r = client.post(path, {"since": since, "extra": 1}, format="json")
+    assert r.status_code == 400
+    r = client.post(path, {"since": since, "until": since}, format="json")
+    assert r.status_code == 400 and "until" in r.json()
+    other = APIClient()
+    other.force_authenticate(bob)
+    assert other.post(path, {"since": since}, format="json").status_code == 404
+    with webhooks(RECOVER_RATE="1/hour"):
+        r = client.post(path, {"since": since}, format="json")
+        assert r.status_code == 429 and int(r["Retry-After"]) > 3000
+    services.update_endpoint(endpoint, is_active=False)
+    assert client.post(path, {"since": since}, format="json").status_code == 409
+
+
+def test_recover_admin_page(receiver, make_endpoint, admin_client):
+    from django.urls import reverse
+
+    endpoint, _, _ = _failures(receiver, make_endpoint, n=2)
+    url = reverse("admin:webhooks_app_endpoint_recover", args=[endpoint.pk])
+    page = admin_client.get(url)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'class="wh-failed-count">2<' in html and 'name="since"' in html
+    change = admin_client.get(reverse("admin:webhooks_app_endpoint_change", args=[endpoint.pk]))
+    assert url in change.content.decode()  # the "Recover failed" link on the endpoint page
+    since = (timezone.localtime() - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    r = admin_client.post(url, {"since": since, "until": ""})
+    assert r.status_code == 302 and r["Location"].endswith("?status=pending")
+    assert Delivery.objects.filter(endpoint=endpoint, status="pending").count() == 2
+    r = admin_client.post(url, {"since": since, "until": ""}, follow=True)
+    assert "0 failed deliveries queued" in r.content.decode()
+    r = admin_client.post(url, {"since": since, "until": since})
+    assert r.status_code == 200 and "The end must come after the start" in r.content.decode()
+
+
+def test_recover_admin_page_needs_change_permission(make_endpoint, client):
+    from django.contrib.auth.models import Permission
+    from django.urls import reverse
+
+    endpoint, _ = make_endpoint("http://127.0.0.1:9/hook")
+    viewer = get_user_model().objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_endpoint"))
+    client.force_login(viewer)
+    url = reverse("admin:webhooks_app_endpoint_recover", args=[endpoint.pk])
+    assert client.get(url).status_code == 403
+    assert client.post(url, {"since": "2026-01-01T00:00"}).status_code == 403
+    assert not Recovery.objects.exists()
+
+
+# Metrics -------------------------------------------------------------------------------------
+def test_metrics_view_token_and_empty_database(client):
+    body = client.get("/metrics/").content.decode()
+    assert (
+        "webhooks_backlog 0.0" in body and 'webhooks_endpoints{breaker_state="closed"} 0.0' in body
+    )
+    with webhooks(METRICS_TOKEN="s3cret-token"):
+        assert client.get("/metrics/").status_code == 401
+        assert client.get("/metrics/", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+        ok = client.get("/metrics/", HTTP_AUTHORIZATION="Bearer s3cret-token")
+        assert ok.status_code == 200 and b"webhooks_deliveries" in ok.content
+    assert client.post("/metrics/").status_code == 405
+
+
+def test_metrics_backlog_and_oldest_due(client, make_endpoint):
+    make_endpoint("http://127.0.0.1:9/hook")
+    for _ in range(3):
+        emit("user.created", {})
+    Delivery.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=90))
+    body = client.get("/metrics/").content.decode()
+    assert "webhooks_backlog 3.0" in body
+    age = float(body.split("\nwebhooks_oldest_due_age_seconds ")[1].split()[0])
+    assert 89 < age < 120
+    assert 'webhooks_deliveries{event_type="user.created",status="pending"} 3.0' in body
+
+
+def test_metrics_endpoints_by_breaker_state(client, make_endpoint):
+    a, _ = make_endpoint("http://127.0.0.1:9/a")
+    make_endpoint("http://127.0.0.1:9/b")
+    make_endpoint("http://127.0.0.1:9/c", is_active=False)
+    Endpoint.objects.filter(pk=a.pk).update(breaker_state="open")
+    body = client.get("/metrics/").content.decode()
+    assert 'webhooks_endpoints{breaker_state="open"} 1.0' in body
+    assert 'webhooks_endpoints{breaker_state="closed"} 1.0' in body
+    assert 'webhooks_endpoints{breaker_state="half_open"} 0.0' in body
+    assert "webhooks_endpoints_disabled 1.0" in body

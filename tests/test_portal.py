@@ -23,6 +23,15 @@ from webhooks_app.portal import magic_link
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    from django.core.cache import cache
+
+    cache.clear()  # throttle history outlives each test's rollback
+    yield
+    cache.clear()
+
+
 def url(name: str, *args) -> str:
     return reverse(f"webhooks_portal:{name}", args=args)
 
@@ -91,7 +100,7 @@ def test_create_shows_secret_once_and_scopes_to_the_users_tenant(client, alice, 
     assert 'value="user.created"' in form and "A user signed up." in form
     assert "webhook.test" not in form  # only Test sends it
     assert 'name="payload_fields"' in form  # the admin's options are here too
-    response = create(client, receiver.url())
+    response = create(client, receiver.url(), tenant="someone-else")  # ignored
     assert response.status_code == 200
     assert response["Cache-Control"] == "no-store, private"
     secret = secret_of(response)
@@ -222,6 +231,34 @@ def test_another_tenants_ids_are_404_everywhere(client, alice, bob_client, make_
     assert Endpoint.objects.filter(pk=endpoint.pk).exists() and not receiver.received
     endpoint.refresh_from_db()
     assert endpoint.url == receiver.url()
+
+
+def test_test_and_replay_share_the_apis_per_tenant_limit(client, alice, make_endpoint, receiver):
+    from rest_framework.test import APIClient
+
+    endpoint, _ = make_endpoint(receiver.url(), tenant=str(alice.pk))
+    with webhooks_settings(API_THROTTLE_RATE="2/min"):
+        assert client.post(url("test", endpoint.pk)).status_code == 302
+        api = APIClient()
+        api.force_authenticate(alice)
+        assert api.post(f"/api/webhooks/endpoints/{endpoint.pk}/test/").status_code == 200
+        refused = client.post(url("test", endpoint.pk))
+        assert refused.status_code == 429 and "Too many requests" in refused.content.decode()
+    assert len(receiver.wait_for(2)) == 2
+
+
+def test_awkward_input_is_never_a_server_error(client, alice, make_endpoint, receiver):
+    endpoint, _ = make_endpoint(receiver.url(), tenant=str(alice.pk), name="Zürich ✓")
+    assert "Zürich ✓" in client.get(url("list"), {"q": "zürich"}).content.decode()
+    for params in ({"q": "a\x00b"}, {"q": "x" * 5000}, {"status": "\x00"}, {"page": "-1"}):
+        assert client.get(url("list"), params).status_code == 200, params
+    for params in ({"before": "\x00"}, {"after": "9" * 40}, {"status": "nope"}):
+        assert client.get(url("history", endpoint.pk), params).status_code == 200, params
+    assert client.get(url("test", endpoint.pk), {"result": "1\x00"}).status_code == 200
+    nul = create(client, receiver.url(), name="a\x00b", secret="s" * 31 + "\x00")
+    assert nul.status_code == 200 and {"name", "secret"} <= set(nul.context["form"].errors)
+    assert client.get(url("magic", "a\x00b")).status_code == 403
+    assert Endpoint.objects.count() == 1
 
 
 def test_csrf_is_required_on_every_post(alice, make_endpoint, receiver):
@@ -451,3 +488,35 @@ def test_verify_snippets_accept_a_real_delivery_and_refuse_a_forged_one(
         [node, str(runner)], input=payload, capture_output=True, text=True, timeout=30, check=True
     )
     assert json.loads(out.stdout) == [True, False, False]
+
+
+def test_portal_forms_offer_every_option_of_the_admin_forms():
+    from webhooks_app.admin.forms import EndpointAddForm, EndpointChangeForm
+    from webhooks_app.portal.forms import PortalCreateForm, PortalEditForm
+
+    assert set(PortalEditForm().fields) == set(EndpointChangeForm().fields) - {"tenant"}
+    assert set(PortalCreateForm().fields) == set(EndpointAddForm().fields) - {"tenant"}
+    assert "secret" in PortalCreateForm().fields and "tenant" not in PortalCreateForm().fields
+
+
+def test_a_misspelt_hook_is_a_system_check_error():
+    from webhooks_app.checks import check_hooks
+
+    assert check_hooks() == []
+    with webhooks_settings(PORTAL_PERMISSION="tests.test_portal.nope", TENANT_GATE="os.sep"):
+        problems = check_hooks()
+    assert [p.id for p in problems] == ["webhooks_app.E020", "webhooks_app.E020"]
+    assert "PORTAL_PERMISSION" in problems[1].msg and "not callable" in problems[0].msg
+
+
+def test_own_secret_verifies_with_standardwebhooks_as_the_panel_says(make_endpoint, receiver):
+    import base64
+
+    from webhooks_app import services
+
+    own = "my-own-secret-that-is-long-enough-1234"
+    endpoint, _ = make_endpoint(receiver.url(), secret=own)
+    services.send_test(endpoint)
+    (request,) = receiver.wait_for(1)
+    wh = standardwebhooks.Webhook("whsec_" + base64.b64encode(own.encode()).decode())
+    assert wh.verify(request.body, request.headers)["event"] == "webhook.test"

@@ -138,21 +138,30 @@ def refused_tenants_gate(tenant: str) -> bool:
     return tenant not in refused
 
 
+def refused_tenants_feature_gate(request, tenant: str) -> bool:
+    """FEATURE_GATE for the cluster test: the worker asks without a request."""
+    if request is not None:
+        return True  # a web request (not under test here)
+    return refused_tenants_gate(tenant)
+
+
 @pytest.mark.cluster
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "setting, gate",
+    [
+        ("WEBHOOKS_TENANT_GATE", "tests.test_rest_hooks.refused_tenants_gate"),
+        ("WEBHOOKS_FEATURE_GATE", "tests.test_rest_hooks.refused_tenants_feature_gate"),
+    ],
+)
 def test_a_tenant_that_loses_the_plan_stops_receiving_and_replays_later(
-    make_endpoint, receiver, start_cluster, tmp_path
+    make_endpoint, receiver, start_cluster, tmp_path, setting, gate
 ):
     plan = tmp_path / "refused.txt"
     plan.write_text("acme\n")
     endpoint, secret = make_endpoint(receiver.url("/acme"), tenant="acme")
     make_endpoint(receiver.url("/paid"), tenant="paid")
-    start_cluster(
-        env={
-            "WEBHOOKS_TENANT_GATE": "tests.test_rest_hooks.refused_tenants_gate",
-            PLAN_FILE_ENV: str(plan),
-        }
-    )
+    start_cluster(env={setting: gate, PLAN_FILE_ENV: str(plan)})
     refused = emit("user.created", {"n": 1}, tenant="acme")
     emit("user.created", {"n": 1}, tenant="paid")
     (request,) = receiver.wait_for(1)

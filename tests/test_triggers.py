@@ -497,10 +497,10 @@ def test_system_checks_refuse_star_names_and_bad_schemas():
 
     with webhooks(EVENT_TYPES={"user.*": {}, "x.y": {"schema": {"type": 5}}}):
         ids = [p.id for p in check_settings()]
-    assert "webhooks_app.E006" in ids and "webhooks_app.E007" in ids
+    assert "webhooks_app.E006" in ids and "webhooks_app.E021" in ids
     with webhooks(EVENT_TYPES=CATALOGUE):
         found = [p.id for p in check_settings()]
-    assert "webhooks_app.E006" not in found and "webhooks_app.E007" not in found
+    assert "webhooks_app.E006" not in found and "webhooks_app.E021" not in found
 
 
 # Admin ---------------------------------------------------------------------------------

@@ -45,3 +45,8 @@ def cancel_touch(key: str) -> bool:
     from .timers import cancel_touch as _cancel
 
     return _cancel(key)
+def register_payload_format(name: str, fn: Any, **options: Any) -> None:
+    """Add a payload format endpoints can choose; see ``webhooks_app.formats``."""
+    from .formats import register_payload_format as _register
+
+    _register(name, fn, **options)

@@ -88,9 +88,21 @@ def check_settings(app_configs=None, **kwargs):
                         f"WEBHOOKS_APP['EVENT_TYPES'][{name!r}]['schema'] is invalid: {exc}",
                         hint="Give a JSON Schema (https://json-schema.org), e.g. "
                         '{"type": "object", "required": ["id"]}.',
-                        id="webhooks_app.E007",
+                        id="webhooks_app.E021",
                     )
                 )
+    from . import formats
+
+    if app_settings.PAYLOAD_FORMAT not in formats.payload_formats():
+        problems.append(
+            Error(
+                f"WEBHOOKS_APP['PAYLOAD_FORMAT'] is {app_settings.PAYLOAD_FORMAT!r}, not a "
+                "payload format.",
+                hint=f"Use one of {', '.join(formats.payload_formats())}, or register it with "
+                "webhooks_app.formats.register_payload_format() in an AppConfig.ready().",
+                id="webhooks_app.E007",
+            )
+        )
     q = getattr(settings, "Q_CLUSTER", {}) or {}
     timeout, retry = q.get("timeout"), q.get("retry")
     if timeout and retry and retry <= timeout:
@@ -113,4 +125,35 @@ def check_settings(app_configs=None, **kwargs):
                         id="webhooks_app.W002",
                     )
                 )
+    return problems
+
+
+# Hooks named by dotted path: a typo should fail at startup, not on a customer's request
+# or in a worker at send time.
+HOOK_SETTINGS = ("TENANT_RESOLVER", "FEATURE_GATE", "TENANT_GATE", "PORTAL_PERMISSION")
+
+
+@register(Tags.compatibility)
+def check_hooks(app_configs=None, **kwargs):
+    from django.utils.module_loading import import_string
+
+    problems = []
+    for name in HOOK_SETTINGS:
+        path = getattr(app_settings, name)
+        if not path:
+            continue
+        try:
+            hook = import_string(path) if isinstance(path, str) else path
+        except ImportError as exc:
+            hook, why = None, f"cannot be imported ({exc})"
+        else:
+            why = "is not callable"
+        if not callable(hook):
+            problems.append(
+                Error(
+                    f"WEBHOOKS_APP[{name!r}] = {path!r} {why}.",
+                    hint="Give the dotted path of a function, e.g. 'myapp.webhooks.has_plan'.",
+                    id="webhooks_app.E020",
+                )
+            )
     return problems

@@ -46,6 +46,14 @@ DEFAULTS: dict[str, Any] = {
     # Name of the tenant key in the payload envelope (e.g. "enterpriseId").
     "TENANT_KEY": "tenant",
     "PAYLOAD_VERSION": "v1",
+    # The payload format of endpoints that do not choose one: "standard", "flat", "type",
+    # "cloudevents" or a name given to register_payload_format() (see formats.py).
+    "PAYLOAD_FORMAT": "standard",
+    # The CloudEvents "source" attribute (a URI reference); "{tenant}" is replaced by the
+    # event's tenant. Set it to something that names your site, e.g. "https://example.com".
+    "CLOUDEVENTS_SOURCE": "/webhooks_app",
+    # How many data fields one endpoint may select (Userpilot allows 10 properties).
+    "MAX_PAYLOAD_FIELDS": 10,
     # Signature headers to send: "standard" (webhook-*), "legacy" (X-Webhook-*), or both.
     "SIGNATURE_SCHEMES": ["standard", "legacy"],
     # Fernet keys (urlsafe base64, 32 bytes) for secrets at rest; the first encrypts,
@@ -56,6 +64,16 @@ DEFAULTS: dict[str, Any] = {
     "MODEL_EVENTS": {},
     # Disable an endpoint after this many consecutive failed deliveries (0: never).
     "AUTO_DISABLE_AFTER": 0,
+    # Circuit breaker: after this many failed attempts in a row to one endpoint (any of
+    # its deliveries; 0: never) its deliveries wait; after BREAKER_COOLDOWN seconds one
+    # probe delivery is sent: success closes the breaker, failure re-opens it.
+    "BREAKER_THRESHOLD": 10,
+    "BREAKER_COOLDOWN": 30.0,
+    # Disable an endpoint whose breaker has stayed open this many seconds (0: never).
+    "BREAKER_DISABLE_AFTER": 0,
+    # At most one failure email per endpoint per this many seconds: the first failure is
+    # mailed at once, later ones are summed up in one digest when the interval ends.
+    "NOTIFY_INTERVAL": 3600.0,
     # Dotted path of a callable(request) -> tenant key for the REST API.
     "TENANT_RESOLVER": "webhooks_app.api.tenancy.default_tenant_resolver",
     # Dotted path of a callable(request, tenant) -> bool gating the feature (e.g. by plan).
@@ -108,6 +126,12 @@ DEFAULTS: dict[str, Any] = {
     # on SQLite, 1000 elsewhere (PostgreSQL locks only the old rows; fewer commits).
     "PRUNE_BATCH_SIZE": None,
     "PRUNE_PAUSE": 0.025,
+    # services.recover() (admin, API, command): bulk recoveries per tenant, "N/period"
+    # with period second, minute, hour or day. None: unlimited.
+    "RECOVER_RATE": "10/hour",
+    # The metrics view (webhooks_app.metrics.urls) answers only requests carrying
+    # "Authorization: Bearer <token>" when set; None: whoever reaches the URL.
+    "METRICS_TOKEN": None,
 }
 
 
@@ -193,6 +217,18 @@ class AppSettings:
         return str(self._get("PAYLOAD_VERSION"))
 
     @property
+    def PAYLOAD_FORMAT(self) -> str:
+        return str(self._get("PAYLOAD_FORMAT") or "standard")
+
+    @property
+    def CLOUDEVENTS_SOURCE(self) -> str:
+        return str(self._get("CLOUDEVENTS_SOURCE") or "/webhooks_app")
+
+    @property
+    def MAX_PAYLOAD_FIELDS(self) -> int:
+        return max(1, int(self._get("MAX_PAYLOAD_FIELDS")))
+
+    @property
     def SIGNATURE_SCHEMES(self) -> list[str]:
         return list(self._get("SIGNATURE_SCHEMES"))
 
@@ -207,6 +243,22 @@ class AppSettings:
     @property
     def AUTO_DISABLE_AFTER(self) -> int:
         return int(self._get("AUTO_DISABLE_AFTER") or 0)
+
+    @property
+    def BREAKER_THRESHOLD(self) -> int:
+        return max(0, int(self._get("BREAKER_THRESHOLD") or 0))
+
+    @property
+    def BREAKER_COOLDOWN(self) -> float:
+        return max(0.0, float(self._get("BREAKER_COOLDOWN")))
+
+    @property
+    def BREAKER_DISABLE_AFTER(self) -> float:
+        return max(0.0, float(self._get("BREAKER_DISABLE_AFTER") or 0))
+
+    @property
+    def NOTIFY_INTERVAL(self) -> float:
+        return max(0.0, float(self._get("NOTIFY_INTERVAL")))
 
     @property
     def TENANT_RESOLVER(self) -> str:
@@ -292,6 +344,25 @@ class AppSettings:
     @property
     def PRUNE_PAUSE(self) -> float:
         return max(0.0, float(self._get("PRUNE_PAUSE")))
+
+    @property
+    def RECOVER_RATE(self) -> tuple[int, float] | None:
+        """(number, seconds) from "N/period", or None for no limit."""
+        value = self._get("RECOVER_RATE")
+        if not value:
+            return None
+        number, _, period = str(value).partition("/")
+        seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(period[:1].lower())
+        if seconds is None:
+            raise ImproperlyConfigured(
+                "WEBHOOKS_APP['RECOVER_RATE'] must look like '10/hour' (second, minute, "
+                "hour or day)."
+            )
+        return int(number), float(seconds)
+
+    @property
+    def METRICS_TOKEN(self) -> str | None:
+        return self._get("METRICS_TOKEN") or None
 
 
 app_settings = AppSettings()

@@ -11,6 +11,7 @@ a retry occupies nothing: a waiting delivery is only a row with a due time.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -18,11 +19,15 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from django.db import close_old_connections, connections
+from django.utils import timezone
 
-from . import engine, timers
+from . import engine, notices, timers
 from .conf import app_settings
 
 logger = logging.getLogger("webhooks_app.dispatcher")
+
+# How often each dispatcher looks for failure digests that are due (one query).
+NOTICE_FLUSH_SECONDS = 5.0
 
 _current: Dispatcher | None = None
 _current_lock = threading.Lock()
@@ -45,6 +50,13 @@ class Dispatcher:
         # until they answer again, so a dead endpoint cannot hold half the pool waiting
         # out its timeouts while healthy endpoints' deliveries queue.
         self._stalled: set[int] = set()
+        # Claimed rate-limited deliveries waiting for their send slot: a heap of
+        # (monotonic due time, seq, token, endpoint id, delivery). Waiting holds no sender
+        # thread (the heartbeat keeps their lease); a claim books at most
+        # engine.rate_window() seconds ahead.
+        self._timers: list[tuple] = []
+        self._timer_seq = 0
+        self._next_notice_flush = 0.0
         self._thread = threading.Thread(target=self._run, name="webhooks-dispatcher", daemon=True)
 
     # Control --------------------------------------------------------------------------
@@ -79,13 +91,69 @@ class Dispatcher:
                     logger.exception("firing inactivity timers failed; retrying next poll")
                     close_old_connections()
             try:
+                self._fire_timers()
                 self.pump()
+                self._flush_notices()
             except Exception:
                 logger.exception("dispatcher loop failed; retrying after the poll interval")
                 close_old_connections()
-            self._wake.wait(app_settings.POLL_INTERVAL)
+            self._wake.wait(self._wait_time())
             self._wake.clear()
-        connections.close_all()
+        try:
+            self._release_timers()
+        finally:
+            connections.close_all()
+
+    def _wait_time(self) -> float:
+        wait = app_settings.POLL_INTERVAL
+        with self._lock:
+            if self._timers:
+                wait = min(wait, max(0.0, self._timers[0][0] - time.monotonic()))
+        return wait
+
+    def _fire_timers(self) -> None:
+        """Send the rate-limited deliveries whose slot has come; one whose endpoint or this
+        worker has no free thread goes back to the table (any worker takes it, later)."""
+        now = time.monotonic()
+        due, busy = [], []
+        with self._lock:
+            while self._timers and self._timers[0][0] <= now:
+                due.append(heapq.heappop(self._timers))
+        for _when, _seq, token, endpoint_id, delivery in due:
+            with self._lock:
+                free = (
+                    self._in_flight < self.threads
+                    and self._per_endpoint[endpoint_id] < self._limit(endpoint_id)
+                )
+            if free:
+                self._submit(token, endpoint_id, [delivery])
+            else:
+                busy.append((token, delivery.id))
+        for token, delivery_id in busy:
+            engine.release(token, [delivery_id])
+
+    def _release_timers(self) -> None:
+        with self._lock:
+            timers, self._timers = self._timers, []
+        for _when, _seq, token, _endpoint_id, delivery in timers:
+            engine.release(token, [delivery.id])
+
+    def _add_timer(self, token: str, endpoint_id: int, delivery) -> None:
+        delay = (delivery.not_before - timezone.now()).total_seconds()
+        with self._lock:
+            self._timer_seq += 1
+            heapq.heappush(
+                self._timers,
+                (time.monotonic() + delay, self._timer_seq, token, endpoint_id, delivery),
+            )
+
+    def _flush_notices(self) -> None:
+        """Now and then, mail the failure digests whose interval has ended."""
+        now = time.monotonic()
+        if now < self._next_notice_flush:
+            return
+        self._next_notice_flush = now + NOTICE_FLUSH_SECONDS
+        notices.send_due_digests()
 
     def pump(self) -> None:
         """Claim and hand out due deliveries while there are free sender threads."""
@@ -98,13 +166,17 @@ class Dispatcher:
             if free <= 0 or (budget <= 0 and not idle):
                 return  # a finishing chunk wakes us
             limit = free * app_settings.CHUNK_SIZE
-            token, rows = engine.claim(limit, exclude_endpoints=saturated, max_bytes=max(budget, 0))
+            token, rows = engine.claim(
+                limit, exclude_endpoints=saturated, max_bytes=max(budget, 0), max_endpoints=free
+            )
             if not rows:
                 return
             unsent = self._hand_out(token, rows)
             engine.release(token, unsent)
             if len(rows) < limit or unsent:
                 return
+            if self._timers and self._timers[0][0] <= time.monotonic():
+                return  # slots came due while claiming: send those first
 
     def _hand_out(self, token: str, rows: list) -> list[int]:
         """Split claimed rows into chunks for free threads; return the ids handed back."""
@@ -115,6 +187,13 @@ class Dispatcher:
                 by_endpoint.setdefault(row.endpoint_id, []).append(row)
             unsent: list[int] = []
             for endpoint_id, items in by_endpoint.items():
+                for d in items:
+                    if d.not_before:  # rate-limited: sent at its slot
+                        self._add_timer(token, endpoint_id, d)
+                        submitted.add(d.id)
+                items = [d for d in items if not d.not_before]
+                if not items:
+                    continue
                 with self._lock:
                     slots = min(
                         self._limit(endpoint_id) - self._per_endpoint[endpoint_id],
@@ -125,6 +204,8 @@ class Dispatcher:
                     unsent.extend(d.id for d in items)
                     continue
                 n_chunks = min(slots, -(-len(items) // app_settings.CHUNK_SIZE))
+                if items[0].endpoint.ordered:
+                    n_chunks = 1  # one at a time, in order
                 for i in range(n_chunks):
                     chunk = items[i::n_chunks]
                     self._submit(token, endpoint_id, chunk)
@@ -145,7 +226,7 @@ class Dispatcher:
             self._in_flight += 1
             self._per_endpoint[endpoint_id] += 1
             self._bytes += size
-        chunk.sort(key=lambda d: d.id)
+        # The chunk keeps the claim's order: due time, or emit order for ordered endpoints.
         try:
             self._pool.submit(self._send, token, endpoint_id, chunk, size)
         except RuntimeError:  # the pool is shutting down: hand the rows back

@@ -9,18 +9,21 @@ nothing unless ``KEEP_UNROUTED_EVENTS`` is set.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import connections, router, transaction
 
-from . import jsonenc, matching
+from . import formats, jsonenc, matching
 from .conf import app_settings
 from .transport import wire_query
+
+logger = logging.getLogger("webhooks_app.events")
 
 TEST_EVENT = "webhook.test"
 BUILTIN_EVENT_TYPES: dict[str, dict[str, Any]] = {
@@ -175,10 +178,8 @@ def check_event_type(event_type: str) -> dict[str, Any]:
 dumps = jsonenc.dumps
 
 
-def envelope(
-    event_id: str, event_type: str, created, tenant: str, data: Any, *, test: bool = False
-) -> dict:
-    env = {
+def envelope(event_id: str, event_type: str, created, tenant: str, data: Any) -> dict:
+    return {
         "id": event_id,
         "event": event_type,
         "timestamp": created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
@@ -186,9 +187,6 @@ def envelope(
         app_settings.TENANT_KEY: tenant,
         "data": data,
     }
-    if test:
-        env["test"] = True  # sent by send_test(), never by emit()
-    return env
 
 
 def _select(data: Any, fields: list[str]) -> Any:
@@ -226,18 +224,52 @@ def _flatten(prefix: str, value: Any, out: list[tuple[str, str]]) -> None:
         out.append((prefix, str(value)))
 
 
-def endpoint_body(endpoint, env: dict, data: Any) -> str | None:
+def endpoint_format(endpoint) -> str:
+    """The name of the payload format ``endpoint`` gets (its own, else the site's).
+
+    A format that is no longer registered (a site removed it from its code) falls back to
+    the standard one, logged, rather than failing the emitting request.
+    """
+    name = getattr(endpoint, "payload_format", "") or formats.default_name()
+    if name not in formats.payload_formats():
+        logger.error(
+            "endpoint %s: unknown payload format %r, sending the standard one",
+            endpoint.id,
+            name,
+        )
+        return formats.STANDARD
+    return name
+
+
+def endpoint_content_type(endpoint) -> str:
+    """The Content-Type of ``endpoint``'s bodies, or "" for application/json (and GET)."""
+    if endpoint.method != "POST":
+        return ""
+    ctype = formats.content_type(endpoint_format(endpoint))
+    return "" if ctype == formats.JSON else ctype
+
+
+def endpoint_body(endpoint, env: dict, data: Any, *, test: bool = False) -> str | None:
     """The body for ``endpoint`` if it differs from the standard envelope, else None.
 
+    Built in the endpoint's payload format (see formats.py) from the selected fields,
+    plus its custom values; ``test`` marks a test event in formats with an envelope.
     GET endpoints get the same fields flattened into a query string; its exact bytes
     are what is signed.
     """
+    name = endpoint_format(endpoint)
     custom = endpoint.payload_fields or endpoint.payload_extra
-    if not custom and endpoint.method == "POST":
+    if not custom and not test and endpoint.method == "POST" and name == formats.STANDARD:
         return None
-    payload = {**env, "data": _select(data, endpoint.payload_fields)}
-    for key, value in (endpoint.payload_extra or {}).items():
-        payload.setdefault(key, value)  # never overrides the envelope's own keys
+    info = formats.EventInfo(
+        id=env["id"],
+        type=env["event"],
+        created=datetime.fromisoformat(env["timestamp"]),
+        tenant=env[app_settings.TENANT_KEY],
+        data=_select(data, endpoint.payload_fields),
+        test=test,
+    )
+    payload = formats.build(name, info, endpoint.payload_extra)
     if endpoint.method == "GET":
         pairs: list[tuple[str, str]] = []
         _flatten("", jsonenc.normalise(payload, path="", max_depth=200), pairs)
@@ -256,7 +288,8 @@ class _Target:
     url: str
     payload_fields: list
     payload_extra: dict
-    payload_filter: dict
+    payload_format: str = ""
+    payload_filter: dict = field(default_factory=dict)
 
 
 def _json(value: Any) -> Any:
@@ -282,8 +315,8 @@ def subscribed_endpoints(tenant: str, event_type: str, *, using: str | None = No
     names = [event_type] if event_type == TEST_EVENT else matching.candidate_names(event_type)
     marks = ", ".join(["%s"] * len(names))
     sql = (
-        f"SELECT e.id, e.method, e.url, e.payload_fields, e.payload_extra, e.payload_filter, "
-        f"s.event_type, s.enabled "
+        f"SELECT e.id, e.method, e.url, e.payload_fields, e.payload_extra, e.payload_format, "
+        f"e.payload_filter, s.event_type, s.enabled "
         f"FROM {q(Endpoint._meta.db_table)} e "
         f"JOIN {q(Subscription._meta.db_table)} s ON s.endpoint_id = e.id "
         f"WHERE e.tenant = %s AND e.is_active = %s AND s.event_type IN ({marks}) "
@@ -296,13 +329,13 @@ def subscribed_endpoints(tenant: str, event_type: str, *, using: str | None = No
         best: dict[int, tuple] = {}
         for r in rows:
             kept = best.get(r[0])
-            if kept is None or matching.specificity(r[6]) > matching.specificity(kept[6]):
+            if kept is None or matching.specificity(r[7]) > matching.specificity(kept[7]):
                 best[r[0]] = r
         rows = list(best.values())
     return [
-        _Target(r[0], r[1], r[2], _json(r[3]) or [], _json(r[4]) or {}, _json(r[5]) or {})
+        _Target(r[0], r[1], r[2], _json(r[3]) or [], _json(r[4]) or {}, r[5], _json(r[6]) or {})
         for r in rows
-        if r[7]  # the deciding subscription is enabled
+        if r[8]  # the deciding subscription is enabled
     ]
 
 
@@ -323,17 +356,39 @@ def new_event(
     ``data`` is normalised first (datetimes, Decimals, UUIDs... as DjangoJSONEncoder
     writes them; ``ValidationError`` for what JSON cannot carry), and ``Event.data``
     stores the normalised form, so the row and the body say the same thing.
-    ``test`` marks an event sent by ``send_test()``: ``"test": true`` in the envelope and
-    a ``webhook-test: true`` header on every request for it.
+    ``test`` marks an event sent by ``send_test()`` (``Event.is_test``): every request
+    for it carries a ``webhook-test: true`` header; its deliveries are built with
+    ``new_delivery(..., test=True)``, which adds ``"test": true`` in enveloped formats.
     """
     from .models import Event
 
     data = jsonenc.normalise(data, path="data")
     event = Event(tenant=tenant, event_type=event_type, data=data, is_test=test)
-    env = envelope(event.public_id, event_type, event.created_at, tenant, data, test=test)
+    env = envelope(event.public_id, event_type, event.created_at, tenant, data)
     event.body = dumps(env)
     jsonenc.check_size(event.body)
     return event, env
+
+
+def new_delivery(endpoint, event, env: dict, data: Any, *, test: bool = False, **fields: Any):
+    """An unsaved Delivery of ``event`` to ``endpoint`` with its body bytes fixed.
+
+    The one place a delivery's bytes are decided: emit(), the test sender and the live
+    preview all build through it, so a preview shows exactly what is sent.
+    """
+    from .models import Delivery
+
+    return Delivery(
+        event=event,
+        endpoint_id=endpoint.id,
+        tenant=event.tenant,
+        event_type=event.event_type,
+        body=endpoint_body(endpoint, env, data, test=test),
+        content_type=endpoint_content_type(endpoint),
+        method=endpoint.method,
+        **fields,
+    )
+
 
 
 MAX_IDEMPOTENCY_KEY = 200
@@ -442,10 +497,15 @@ def emit(
         validate_payload(event_type, data, info, normalised=True)
     endpoints = subscribed_endpoints(tenant, event_type, using=using)
     endpoints = filter_targets(endpoints, event_type, tenant, data)
-    bodies = {ep.id: endpoint_body(ep, env, data) for ep in endpoints}
-    for body in bodies.values():
-        if body is not None:
-            jsonenc.check_size(body, "The body for one of the endpoints")
+    now = event.created_at
+    due = now + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])
+    deliveries = [
+        new_delivery(ep, event, env, data, next_attempt_at=due, created_at=now)
+        for ep in endpoints
+    ]
+    for delivery in deliveries:
+        if delivery.body is not None:
+            jsonenc.check_size(delivery.body, "The body for one of the endpoints")
     stored = bool(endpoints) or app_settings.KEEP_UNROUTED_EVENTS
     if idempotency_key is None and not stored:
         return event  # unrouted: no row, no wake-up (bounded tables)
@@ -457,24 +517,8 @@ def emit(
             if not stored:
                 return event
         event.save(using=using)
-        if endpoints:
-            now = event.created_at
-            due = now + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])
-            Delivery.objects.using(using).bulk_create(
-                [
-                    Delivery(
-                        event=event,
-                        endpoint_id=ep.id,
-                        tenant=tenant,
-                        event_type=event_type,
-                        next_attempt_at=due,
-                        body=bodies[ep.id],
-                        method=ep.method,
-                        created_at=now,
-                    )
-                    for ep in endpoints
-                ]
-            )
+        if deliveries:
+            Delivery.objects.using(using).bulk_create(deliveries)
             from .tasks import wake_workers_on_commit
 
             wake_workers_on_commit(using)

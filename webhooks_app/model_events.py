@@ -178,16 +178,10 @@ def notify(endpoint, subject: str, body: str) -> None:
 
 
 def notify_failure(sender, delivery, **kwargs) -> None:
-    endpoint = delivery.endpoint
-    code = delivery.last_status_code or "no response"
-    notify(
-        endpoint,
-        f"Webhook delivery failed: {endpoint}",
-        f"The {delivery.event_type} event ({delivery.event.public_id}) could not be "
-        f"delivered to the webhook {endpoint} ({endpoint.url}) after {delivery.attempts} "
-        f"attempt(s).\nStatus code: {code}\nError: {delivery.last_error}\n\n"
-        "You can replay it from the delivery history.",
-    )
+    """One email per endpoint per NOTIFY_INTERVAL, the rest in a digest (notices.py)."""
+    from . import notices
+
+    notices.delivery_failed(delivery)
 
 
 def notify_disabled(sender, endpoint, reason: str, **kwargs) -> None:

@@ -19,10 +19,18 @@ def new_event_id() -> str:
     return f"evt_{int(time.time() * 1000):011x}{secrets.token_hex(8)}"
 
 
+class BreakerState(models.TextChoices):
+    CLOSED = "closed", _("Closed")
+    OPEN = "open", _("Open")
+    HALF_OPEN = "half_open", _("Half-open")
+
+
 class Endpoint(models.Model):
     class Method(models.TextChoices):
         POST = "POST", "POST"
         GET = "GET", "GET"
+
+    BreakerState = BreakerState
 
     tenant = models.CharField(
         _("tenant"),
@@ -51,6 +59,15 @@ class Endpoint(models.Model):
         blank=True,
         help_text=_("Keys of the event data to send (dotted for nested keys); empty: all."),
     )
+    # A name from formats.payload_formats(); empty: the site's WEBHOOKS_APP["PAYLOAD_FORMAT"].
+    # No choices here: sites register formats in code, and choices would shape migrations.
+    payload_format = models.CharField(
+        _("payload format"),
+        max_length=50,
+        blank=True,
+        default="",
+        help_text=_("The shape of the JSON sent; empty: the site's default."),
+    )
     payload_filter = models.JSONField(
         _("payload filter"),
         default=dict,
@@ -64,6 +81,41 @@ class Endpoint(models.Model):
     )
     disabled_reason = models.CharField(_("disabled reason"), max_length=300, blank=True)
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    # Flow control (engine.claim enforces it across every worker and host).
+    rate_limit = models.PositiveIntegerField(
+        _("rate limit"),
+        null=True,
+        blank=True,
+        help_text=_("At most this many deliveries per second; empty: no limit."),
+    )
+    ordered = models.BooleanField(
+        _("ordered delivery"),
+        default=False,
+        help_text=_(
+            "Send one delivery at a time in emit order; a failing delivery holds the later "
+            "ones until it succeeds or fails for good."
+        ),
+    )
+    breaker_state = models.CharField(
+        _("circuit breaker"),
+        max_length=10,
+        choices=BreakerState.choices,
+        default=BreakerState.CLOSED,
+        editable=False,
+    )
+    # Failed attempts in a row (any delivery); opens the breaker at BREAKER_THRESHOLD.
+    breaker_failures = models.PositiveIntegerField(default=0, editable=False)
+    # When the breaker first opened in the current incident (kept across re-opens).
+    breaker_opened_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # The claim skips this endpoint's deliveries until then: breaker open (its cool-down),
+    # a probe or an ordered delivery in flight (its lease), rate limit booked up.
+    paused_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # Rate limit: the time of the next free send slot (GCRA's theoretical arrival time).
+    next_slot_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Failure notices: when the last one was sent, and what failed since (the digest).
+    notice_sent_at = models.DateTimeField(null=True, blank=True, editable=False)
+    notice_failures = models.PositiveIntegerField(default=0, editable=False)
+    notice_last_error = models.TextField(blank=True, default="", editable=False)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -71,7 +123,15 @@ class Endpoint(models.Model):
         ordering = ["-id"]
         verbose_name = _("webhook endpoint")
         verbose_name_plural = _("webhook endpoints")
-        indexes = [models.Index(fields=["tenant", "is_active"], name="webhooks_ep_tenant_active")]
+        indexes = [
+            models.Index(fields=["tenant", "is_active"], name="webhooks_ep_tenant_active"),
+            # The claim's "skip paused endpoints" subquery reads only paused rows.
+            models.Index(
+                fields=["paused_until"],
+                condition=Q(paused_until__isnull=False),
+                name="webhooks_ep_paused",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name or self.url
@@ -134,6 +194,11 @@ class Event(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        indexes = [
+            # The event log (API, admin): one tenant's events newest first, by type too.
+            models.Index(fields=["tenant", "-id"], name="webhooks_event_tenant"),
+            models.Index(fields=["tenant", "event_type", "-id"], name="webhooks_event_tenant_type"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.public_id}"
@@ -190,6 +255,9 @@ class Delivery(models.Model):
     # Set only when this endpoint's body differs from the event's (GET, selected fields,
     # custom values); fixed at emit time like Event.body.
     body = models.TextField(null=True, blank=True)
+    # The body's media type when it is not application/json (e.g. CloudEvents'), fixed
+    # with the body: a later change of the endpoint's format never mislabels it.
+    content_type = models.CharField(max_length=100, blank=True, default="")
     # The HTTP method the body was built for (GET: a query string, POST: JSON), fixed at
     # emit time with it: an endpoint whose method changes later gets the new method for
     # later events only, and a delivery is never sent in a form it was not built for.
@@ -298,3 +366,24 @@ class MagicLinkUse(models.Model):
 
     def __str__(self) -> str:
         return f"magic link {self.nonce[:8]}… ({self.tenant})"
+
+
+class Recovery(models.Model):
+    """One bulk recovery ("replay every failed delivery since T"): the per-tenant throttle
+    counts these rows, so it holds across processes and hosts, and they are the record
+    of who recovered what."""
+
+    tenant = models.CharField(max_length=100, blank=True, default="")
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="recoveries")
+    since = models.DateTimeField()
+    until = models.DateTimeField(null=True, blank=True)
+    queued = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = _("recoveries")
+        indexes = [models.Index(fields=["tenant", "created_at"], name="webhooks_recovery_tenant")]
+
+    def __str__(self) -> str:
+        return f"recovery of {self.endpoint_id} since {self.since:%Y-%m-%d %H:%M}"

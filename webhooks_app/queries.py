@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Min, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from .models import Delivery, Endpoint, Subscription
@@ -229,3 +229,69 @@ def stats(tenant: str | None = None) -> dict[str, int]:
         "event_types": subs.values("event_type").distinct().count(),
         "failed_24h": failed.count(),
     }
+
+
+# Operations (metrics, webhooks_status) ------------------------------------------------------
+@dataclass
+class Backlog:
+    due: int  # pending deliveries due now, not claimed by a worker
+    oldest_due: datetime | None  # the due time of the one waiting longest
+    in_flight: int  # claimed by a worker right now
+    claims: int  # distinct claims (a worker's batch) in flight
+
+
+def backlog(now: datetime | None = None) -> Backlog:
+    """Due and in-flight deliveries; served by the partial index on pending rows."""
+    now = now or timezone.now()
+    pending = Delivery.objects.filter(status=Delivery.Status.PENDING).order_by()
+    due = pending.filter(next_attempt_at__lte=now).aggregate(
+        n=Count("id"), oldest=Min("next_attempt_at")
+    )
+    flight = (
+        pending.filter(next_attempt_at__gt=now)
+        .exclude(claim_token="")
+        .aggregate(n=Count("id"), claims=Count("claim_token", distinct=True))
+    )
+    return Backlog(due["n"], due["oldest"], flight["n"], flight["claims"])
+
+
+def failing_endpoints(limit: int = 50) -> list[Endpoint]:
+    """Active endpoints whose last deliveries failed for good (most failures first)."""
+    return list(
+        Endpoint.objects.filter(is_active=True, consecutive_failures__gt=0).order_by(
+            "-consecutive_failures", "id"
+        )[:limit]
+    )
+
+
+def disabled_endpoints(limit: int = 50) -> list[Endpoint]:
+    return list(Endpoint.objects.filter(is_active=False).order_by("-updated_at")[:limit])
+
+
+def recent_activity(minutes: int = 5, now: datetime | None = None) -> dict[str, int]:
+    """Deliveries whose last attempt falls in the last ``minutes``, by status."""
+    since = (now or timezone.now()) - timedelta(minutes=minutes)
+    rows = (
+        Delivery.objects.filter(last_attempt_at__gte=since)
+        .order_by()
+        .values_list("status")
+        .annotate(n=Count("id"))
+    )
+    return dict(rows)
+
+
+def in_flight_by_worker(now: datetime | None = None) -> dict[str, int]:
+    """Deliveries claimed right now, by worker (``pid.host`` from the claim token)."""
+    now = now or timezone.now()
+    rows = (
+        Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__gt=now)
+        .exclude(claim_token="")
+        .order_by()
+        .values_list("claim_token")
+        .annotate(n=Count("id"))
+    )
+    workers: dict[str, int] = {}
+    for token, n in rows:
+        tag = token.rsplit(".", 1)[0] if token.count(".") == 2 else "?"
+        workers[tag] = workers.get(tag, 0) + n
+    return workers

@@ -18,7 +18,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
-from . import engine, events, jsonenc, matching, queries, signing, transport
+from . import engine, events, formats, jsonenc, matching, queries, signing, transport
 from .conf import app_settings
 from .models import Delivery, Endpoint, Subscription
 
@@ -32,7 +32,6 @@ RESERVED_HEADERS = {
     "user-agent",
 }
 RESERVED_HEADER_PREFIXES = ("webhook-", "x-webhook-")
-MAX_PAYLOAD_FIELDS = 50
 UPDATABLE = (
     "name",
     "description",
@@ -43,13 +42,18 @@ UPDATABLE = (
     "payload_extra",
     "payload_fields",
     "payload_filter",
+    "payload_format",
     "events",
     "notify_email",
+    "rate_limit",
+    "ordered",
 )
+MAX_RATE_LIMIT = 10_000  # deliveries per second
 
 
-def reserved_payload_keys() -> set[str]:
-    return {"id", "event", "timestamp", "version", "data", app_settings.TENANT_KEY}
+def reserved_payload_keys(payload_format: str = "") -> set[str]:
+    """Top-level keys custom values may not use under ``payload_format`` (its own)."""
+    return set(formats.get(payload_format).reserved())
 
 
 # Validation ------------------------------------------------------------------------------
@@ -130,13 +134,7 @@ def _clean_payload_extra(value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, Mapping):
         raise ValidationError("Give custom payload values as key/value pairs.", code="invalid")
-    clash = sorted(set(value) & reserved_payload_keys())
-    if clash:
-        raise ValidationError(
-            "%(keys)s is reserved for the envelope.",
-            code="reserved",
-            params={"keys": ", ".join(clash)},
-        )
+    # Keys the endpoint's payload format uses itself are refused by _check_shape().
     if any(not isinstance(k, str) or not k for k in value):
         raise ValidationError("Keys must be non-empty text.", code="invalid")
     # Datetimes, Decimals, UUIDs... are stored as DjangoJSONEncoder writes them; what
@@ -151,9 +149,12 @@ def _clean_payload_fields(value: Any) -> list[str]:
         raise ValidationError("Give a list of field names.", code="invalid")
     if any(not isinstance(v, str) or not v.strip() for v in value):
         raise ValidationError("Field names must be non-empty text.", code="invalid")
-    if len(value) > MAX_PAYLOAD_FIELDS:
+    limit = app_settings.MAX_PAYLOAD_FIELDS
+    if len(value) > limit:
         raise ValidationError(
-            "At most %(n)d fields.", code="invalid", params={"n": MAX_PAYLOAD_FIELDS}
+            "At most %(n)d fields can be selected; %(given)d were given.",
+            code="max_fields",
+            params={"n": limit, "given": len(value)},
         )
     return [v.strip() for v in value]
 
@@ -192,7 +193,19 @@ def _clean_field(name: str, value: Any) -> Any:
         if name == "name" and len(value) > 200:
             raise ValidationError("At most 200 characters.", code="max_length")
         return value.strip()
-    if name == "is_active":
+    if name == "rate_limit":
+        if value in (None, ""):
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError("Give a whole number of deliveries per second.", code="invalid")
+        if not 1 <= value <= MAX_RATE_LIMIT:
+            raise ValidationError(
+                "Between 1 and %(max)d deliveries per second (empty: no limit).",
+                code="invalid",
+                params={"max": MAX_RATE_LIMIT},
+            )
+        return value
+    if name in ("is_active", "ordered"):
         if not isinstance(value, bool):
             raise ValidationError("Must be true or false.", code="invalid")
         return value
@@ -209,18 +222,38 @@ def _clean_field(name: str, value: Any) -> Any:
         return _clean_payload_fields(value)
     if name == "payload_filter":
         return matching.clean_filter(value)
+    if name == "payload_format":
+        return formats.clean_name(value)
     if name == "events":
         return _clean_events(value)
     raise ValidationError("Unknown field.", code="unknown")
 
 
+def _check_shape(cleaned: dict[str, Any], instance: Endpoint | None) -> None:
+    """Custom values against the payload format they will be sent in (both may change
+    at once, or only one of them)."""
+    if "payload_extra" not in cleaned and "payload_format" not in cleaned:
+        return
+    current = instance or Endpoint()
+    name = cleaned.get("payload_format", current.payload_format)
+    extra = cleaned.get("payload_extra", current.payload_extra)
+    try:
+        formats.check_extra(name, extra)
+    except KeyError:
+        return  # an unknown format was already reported on its field
+    except ValidationError as exc:
+        raise ValidationError({"payload_extra": exc.error_list}) from None
+
+
 def clean_endpoint_fields(
-    values: Mapping[str, Any], *, endpoint: Endpoint | None = None
+    values: Mapping[str, Any], *, instance: Endpoint | None = None
 ) -> dict[str, Any]:
     """Validate endpoint fields; ``ValidationError`` with one entry per bad field.
 
-    ``endpoint``: the endpoint being changed (its current subscriptions may keep types
-    that have since been deprecated); None for a new one.
+    ``instance``: the endpoint being changed, for rules that involve a field not given
+    (custom values are checked against the payload format, given or current).
+    ``instance``'s current subscriptions may also keep types that have since been
+    deprecated.
     """
     errors: dict[str, list] = {}
     cleaned: dict[str, Any] = {}
@@ -229,13 +262,18 @@ def clean_endpoint_fields(
             errors[name] = [ValidationError("Unknown field.", code="unknown")]
             continue
         try:
-            if name == "events" and endpoint is not None and endpoint.pk:
-                subscribed = endpoint.subscriptions.values_list("event_type", flat=True)
+            if name == "events" and instance is not None and instance.pk:
+                subscribed = instance.subscriptions.values_list("event_type", flat=True)
                 cleaned[name] = _clean_events(value, subscribed)
                 continue
             cleaned[name] = _clean_field(name, value)
         except ValidationError as exc:
             errors[name] = exc.error_list
+    if "payload_extra" not in errors and "payload_format" not in errors:
+        try:
+            _check_shape(cleaned, instance)
+        except ValidationError as exc:
+            errors.update(exc.error_dict)
     if errors:
         raise ValidationError(errors)
     return cleaned
@@ -308,7 +346,7 @@ def update_endpoint(endpoint: Endpoint, **changes: Any) -> Endpoint:
     """Change URL, events, status and options; never the secret (use rotate_secret)."""
     if "secret" in changes:
         raise ValidationError({"secret": ["The secret cannot be edited; rotate it instead."]})
-    cleaned = clean_endpoint_fields(changes, endpoint=endpoint)
+    cleaned = clean_endpoint_fields(changes, instance=endpoint)
     toggles = cleaned.pop("events", None)
     with transaction.atomic():
         for name, value in cleaned.items():
@@ -318,6 +356,14 @@ def update_endpoint(endpoint: Endpoint, **changes: Any) -> Endpoint:
             endpoint.disabled_reason = ""
             endpoint.consecutive_failures = 0
             fields += ["disabled_reason", "consecutive_failures"]
+            if not Endpoint.objects.filter(pk=endpoint.pk, is_active=True).exists():
+                # Enabling a disabled endpoint starts afresh: breaker closed, no pause.
+                endpoint.breaker_state = Endpoint.BreakerState.CLOSED
+                endpoint.breaker_failures = 0
+                endpoint.breaker_opened_at = None
+                endpoint.paused_until = None
+                fields += ["breaker_state", "breaker_failures", "breaker_opened_at"]
+                fields += ["paused_until"]
         # Only the changed columns: a concurrent rotate_secret() is never written back over.
         endpoint.save(update_fields=fields)
         if toggles is not None:
@@ -406,17 +452,17 @@ def send_test(
     with transaction.atomic():
         event.save()
         # Claimed by us from the start, so no worker sends it a second time.
-        delivery = Delivery.objects.create(
-            event=event,
-            endpoint=endpoint,
-            tenant=endpoint.tenant,
-            event_type=event_type,
-            body=events.endpoint_body(endpoint, env, event.data),
-            method=endpoint.method,
+        delivery = events.new_delivery(
+            endpoint,
+            event,
+            env,
+            event.data,
+            test=True,
             claim_token=token,
             # No due time: no worker ever claims a test, even if this process dies.
             next_attempt_at=None,
         )
+        delivery.save()
     delivery.endpoint = endpoint
     delivery.event = event
     outcome = engine.attempt(delivery, endpoint.signing_secrets())
@@ -424,6 +470,86 @@ def send_test(
     delivery.refresh_from_db()
     r = outcome.response
     return TestResult(delivery, r.ok, r.status_code, r.duration_ms, r.excerpt, r.error)
+
+
+SIGNATURE_HEADERS = ("webhook-signature", "x-webhook-signature")
+MASK = "••••••••"
+
+
+def mask_signature(value: str) -> str:
+    """``v1,abc= v1,def=`` -> ``v1,•••• v1,••••``; ``sha256=abc`` -> ``sha256=••••``."""
+    masked = []
+    for part in value.split(" "):
+        for sep in (",", "="):
+            if sep in part:
+                masked.append(part.split(sep, 1)[0] + sep + MASK)
+                break
+        else:
+            masked.append(MASK)
+    return " ".join(masked)
+
+
+@dataclass
+class PreviewRequest:
+    """The request an endpoint would receive, its signatures masked."""
+
+    event_type: str
+    subscribed: bool
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: str
+
+
+def preview(
+    endpoint: Endpoint,
+    event_type: str | None = None,
+    *,
+    data: Any = None,
+    event: Any = None,
+) -> PreviewRequest:
+    """What ``endpoint`` would receive for ``event_type``'s example (or ``data``), or for
+    an existing ``event``: method, URL, headers (signatures masked) and body.
+
+    Nothing is saved or sent, and the endpoint may be inactive. The request is built by
+    the code the engine sends with (``events.new_delivery``, ``engine.wire``,
+    ``engine.request_headers``, ``transport.request_url``), so the preview cannot drift
+    from the real thing.
+    """
+    if event is None:
+        if event_type in (None, ""):
+            event_type = (endpoint.event_types or [events.TEST_EVENT])[0]
+        try:
+            events.check_event_type(event_type)
+        except ValidationError as exc:
+            raise ValidationError({"event_type": exc.error_list}) from None
+        if data is None:
+            data = events.event_types()[event_type].get("example") or {}
+        try:
+            event, env = events.new_event(event_type, data, endpoint.tenant)
+        except ValidationError as exc:
+            raise ValidationError({"data": exc.error_list}) from None
+    else:
+        data = event.data
+        env = events.envelope(
+            event.public_id, event.event_type, event.created_at, event.tenant, data
+        )
+    delivery = events.new_delivery(endpoint, event, env, data)
+    delivery.endpoint = endpoint
+    method, body = engine.wire(delivery)
+    headers = engine.request_headers(delivery, body, endpoint.signing_secrets())
+    for name in headers:
+        if name.lower() in SIGNATURE_HEADERS:
+            headers[name] = mask_signature(headers[name])
+    return PreviewRequest(
+        event_type=event.event_type,
+        subscribed=event.event_type in endpoint.event_types,
+        method=method,
+        url=transport.request_url(method, endpoint.url, body),
+        headers=headers,
+        # A GET request has no body: its payload is the URL's query string.
+        body="" if method == Endpoint.Method.GET else body.decode("utf-8"),
+    )
 
 
 def replay(delivery: Delivery) -> Delivery:
@@ -483,11 +609,135 @@ def stats(tenant: str | None = None) -> dict[str, int]:
     return queries.stats(tenant)
 
 
-def prune(
-    *, days: float | None = None, dry_run: bool = False, max_seconds: float | None = None
-):
+def prune(*, days: float | None = None, dry_run: bool = False, max_seconds: float | None = None):
     """Delete finished deliveries, their attempts and events older than ``days``
     (default ``RETENTION_DAYS``), in small batches; returns a ``PruneResult``."""
     from .retention import prune as _prune
 
     return _prune(days=days, dry_run=dry_run, max_seconds=max_seconds)
+
+
+# Bulk recovery ---------------------------------------------------------------------------
+RECOVER_BATCH = 500
+
+
+class RecoverThrottled(ValidationError):
+    """Too many recoveries for this tenant; ``wait`` is seconds until the next is allowed."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(
+            "Too many recoveries for this account; try again in %(wait)d seconds.",
+            code="throttled",
+            params={"wait": max(1, int(wait + 0.999))},
+        )
+        self.wait = wait
+
+
+@dataclass
+class RecoverResult:
+    queued: int
+    since: Any
+    until: Any
+
+
+def _clean_moment(value: Any, name: str) -> Any:
+    """A timezone-aware datetime from a datetime or an ISO 8601 string."""
+    from datetime import datetime
+
+    from django.utils.dateparse import parse_datetime
+
+    if isinstance(value, str):
+        try:
+            parsed = parse_datetime(value.strip())
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            raise ValidationError({name: ["Give a date and time (ISO 8601)."]})
+        value = parsed
+    if not isinstance(value, datetime):
+        raise ValidationError({name: ["Give a date and time."]})
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value)
+    return value
+
+
+def recover(endpoint: Endpoint, *, since: Any, until: Any = None) -> RecoverResult:
+    """Replay every failed delivery of ``endpoint`` created in [since, until) (Svix's
+    "recover failed messages since"): same event ids, same body bytes, a new attempt
+    sequence each, sent in the order they were created.
+
+    Idempotent: deliveries already pending again are not touched, so a second call
+    queues nothing new. Throttled per tenant (``RECOVER_RATE``, counted in the database,
+    so it holds across processes): raises :class:`RecoverThrottled`. Rows are queued in
+    batches of ``RECOVER_BATCH``, each its own short transaction.
+    """
+    from .models import Recovery
+
+    errors: dict[str, list] = {}
+    try:
+        since = _clean_moment(since, "since")
+    except ValidationError as exc:
+        errors.update(exc.error_dict)
+    if until is not None:
+        try:
+            until = _clean_moment(until, "until")
+        except ValidationError as exc:
+            errors.update(exc.error_dict)
+    now = timezone.now()
+    if not errors:
+        if since > now:
+            errors["since"] = [ValidationError("The start lies in the future.")]
+        elif until is not None and until <= since:
+            errors["until"] = [ValidationError("The end must come after the start.")]
+    if errors:
+        raise ValidationError(errors)
+    if not Endpoint.objects.filter(pk=endpoint.pk, is_active=True).exists():
+        raise ValidationError(
+            "The endpoint is disabled; enable it before recovering.", code="inactive"
+        )
+    rate = app_settings.RECOVER_RATE
+    with transaction.atomic():
+        if rate:
+            number, period = rate
+            recent = list(
+                Recovery.objects.filter(
+                    tenant=endpoint.tenant, created_at__gt=now - timedelta(seconds=period)
+                )
+                .order_by("-created_at")
+                .values_list("created_at", flat=True)[:number]
+            )
+            if len(recent) >= number:
+                oldest = recent[-1]
+                raise RecoverThrottled((oldest + timedelta(seconds=period) - now).total_seconds())
+        record = Recovery.objects.create(
+            tenant=endpoint.tenant, endpoint=endpoint, since=since, until=until, created_at=now
+        )
+    failed = Delivery.objects.filter(
+        endpoint=endpoint, status=Delivery.Status.FAILED, created_at__gte=since
+    )
+    if until is not None:
+        failed = failed.filter(created_at__lt=until)
+    queued, last_id = 0, 0
+    due = now + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])
+    while True:
+        ids = list(
+            failed.filter(id__gt=last_id)
+            .order_by("id")
+            .values_list("id", flat=True)[:RECOVER_BATCH]
+        )
+        if not ids:
+            break
+        last_id = ids[-1]
+        with transaction.atomic():
+            queued += Delivery.objects.filter(id__in=ids, status=Delivery.Status.FAILED).update(
+                status=Delivery.Status.PENDING,
+                sequence_attempts=0,
+                claim_token="",
+                next_attempt_at=due,
+            )
+    Recovery.objects.filter(pk=record.pk).update(queued=queued)
+    if queued:
+        from .tasks import wake_workers_on_commit
+
+        wake_workers_on_commit()  # at once, or when the caller's transaction commits
+    return RecoverResult(queued, since, until)

@@ -12,7 +12,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .. import queries, services
 from ..models import Delivery, Endpoint
-from .display import status_badge
+from .display import breaker_badge, status_badge
 from .filters import ActiveFilter, TenantFilter
 from .forms import EndpointAddForm, EndpointChangeForm
 from .pages import EndpointPagesMixin
@@ -35,8 +35,17 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
         (_("Filter"), {"fields": ["payload_filter"]}),
         (
             _("Request"),
-            {"fields": ["method", "headers", "payload_extra", "payload_fields"]},
+            {
+                "fields": [
+                    "method",
+                    "payload_format",
+                    "headers",
+                    "payload_extra",
+                    "payload_fields",
+                ]
+            },
         ),
+        (_("Delivery"), {"fields": ["rate_limit", "ordered", "breaker_display"]}),
         (_("Notifications"), {"fields": ["notify_email"]}),
         (
             _("Details"),
@@ -48,12 +57,28 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
         (_("Filter"), {"fields": ["payload_filter"]}),
         (
             _("Request"),
-            {"fields": ["method", "headers", "payload_extra", "payload_fields"]},
+            {
+                "fields": [
+                    "method",
+                    "payload_format",
+                    "headers",
+                    "payload_extra",
+                    "payload_fields",
+                ]
+            },
         ),
+        (_("Delivery"), {"fields": ["rate_limit", "ordered"]}),
         (_("Notifications"), {"fields": ["notify_email"]}),
         (_("Tenant"), {"fields": ["tenant"], "classes": ["collapse"]}),
     ]
-    readonly_fields = ["tenant", "secret_info", "disabled_reason", "created_at", "updated_at"]
+    readonly_fields = [
+        "tenant",
+        "secret_info",
+        "breaker_display",
+        "disabled_reason",
+        "created_at",
+        "updated_at",
+    ]
 
     class Media:
         css = {"all": ["webhooks_app/admin.css"]}
@@ -76,6 +101,10 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
         """The read-only rendering of the events field (for staff with view permission)."""
         subs = obj.subscriptions.all()
         return ", ".join(s.event_type + ("" if s.enabled else " (paused)") for s in subs) or "—"
+
+    @admin.display(description=_("circuit breaker"))
+    def breaker_display(self, obj: Endpoint) -> str:
+        return breaker_badge(obj.breaker_state)
 
     @admin.display(description=_("secret"))
     def secret_info(self, obj: Endpoint) -> str:
@@ -148,6 +177,7 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
             "url_display",
             "events_display",
             "active_display",
+            "breaker_display",
             "created_display",
             "last_delivery_display",
             links,
@@ -238,10 +268,16 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
             # Before the object URLs: "<path:object_id>/" would take "event-types/".
             path("event-types/", wrap(self.event_types_view), name=f"{prefix}_event_types"),
             path("<path:object_id>/test/", wrap(self.test_view), name=f"{prefix}_test"),
+            path("<path:object_id>/preview/", wrap(self.preview_view), name=f"{prefix}_preview"),
             path(
                 "<path:object_id>/rotate-secret/",
                 wrap(self.rotate_secret_view),
                 name=f"{prefix}_rotate_secret",
+            ),
+            path(
+                "<path:object_id>/recover/",
+                wrap(self.recover_view),
+                name=f"{prefix}_recover",
             ),
             path(
                 "<path:object_id>/history/replay/",

@@ -11,7 +11,8 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
-from .. import events, matching, services
+from .. import events, formats, matching, services
+from ..conf import app_settings
 from ..models import Endpoint
 
 # The endpoint fields a form hands to create_endpoint / update_endpoint.
@@ -235,7 +236,17 @@ class EndpointChangeForm(forms.ModelForm):
         label=_("Payload fields"),
         help_text=_(
             "Keys of the event data to send, separated by commas (dotted for nested keys, "
-            "e.g. customer.email). Empty: send all data."
+            "e.g. customer.email), at most %(n)s. Empty: send all data."
+        ),
+    )
+
+    payload_format = forms.ChoiceField(
+        label=_("Payload format"),
+        required=False,
+        help_text=_(
+            "The shape of the JSON sent. Standard: id, event, timestamp, version, tenant "
+            "and data. Flat: the data's fields beside event. Type: type, Unix timestamp, "
+            "tenant and data. CloudEvents: CloudEvents 1.0 structured JSON."
         ),
     )
     payload_filter = forms.JSONField(
@@ -263,6 +274,9 @@ class EndpointChangeForm(forms.ModelForm):
             "payload_extra",
             "payload_fields",
             "payload_filter",
+            "payload_format",
+            "rate_limit",
+            "ordered",
         ]
         widgets = {
             "url": forms.URLInput(attrs={"class": "vURLField", "placeholder": "https://"}),
@@ -275,6 +289,15 @@ class EndpointChangeForm(forms.ModelForm):
             self.initial["events"] = {
                 s.event_type: s.enabled for s in self.instance.subscriptions.all()
             }
+        if "payload_format" in self.fields:
+            # Read per form: sites register formats in code, after this module loads.
+            self.fields["payload_format"].choices = [
+                ("", _("Site default (%(name)s)") % {"name": formats.default_name()}),
+                *formats.choices(),
+            ]
+        if "payload_fields" in self.fields:
+            field = self.fields["payload_fields"]
+            field.help_text = field.help_text % {"n": app_settings.MAX_PAYLOAD_FIELDS}
         if "url" in self.fields:  # absent when the admin shows the form read-only
             self.fields["url"].help_text = _(
                 "The address that receives the webhooks (https required unless the site "
@@ -287,8 +310,9 @@ class EndpointChangeForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         try:
-            endpoint = self.instance if self.instance.pk else None
-            services.clean_endpoint_fields(self.service_values(), endpoint=endpoint)
+            services.clean_endpoint_fields(
+                self.service_values(), instance=self.instance if self.instance.pk else None
+            )
         except ValidationError as exc:
             self._add_service_errors(exc)
         return cleaned
@@ -341,4 +365,22 @@ class RotateSecretForm(forms.Form):
             "During a grace period every request carries signatures made with both the "
             "old and the new secret, so receivers can switch without dropping webhooks."
         ),
+    )
+
+
+class RecoverForm(forms.Form):
+    """Bulk recovery: the window of failed deliveries to send again."""
+
+    since = forms.DateTimeField(
+        label=_("Failed since"),
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"],
+        help_text=_("Deliveries created at or after this time (server time zone)."),
+    )
+    until = forms.DateTimeField(
+        label=_("Until"),
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"],
+        help_text=_("Leave empty for up to now."),
     )

@@ -1,4 +1,5 @@
-"""The endpoint admin's extra pages: Test, Rotate secret, delivery history, replay.
+"""The endpoint admin's extra pages: Test, Preview, Rotate secret, delivery history, replay,
+recover.
 
 Each follows ``UserAdmin.user_change_password``: it gets the object, checks the
 permission, changes data only on POST through a service, logs it, messages, redirects.
@@ -10,8 +11,10 @@ kept nowhere else (no session, no message), so reloading cannot show it again.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
+from django import forms
 from django.contrib import messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -20,6 +23,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 
@@ -27,7 +31,7 @@ from .. import matching, queries, services
 from ..events import TEST_EVENT, event_types
 from ..models import Delivery, Endpoint
 from .display import status_badge
-from .forms import RotateSecretForm
+from .forms import RecoverForm, RotateSecretForm
 
 HISTORY_PAGE_SIZE = queries.HISTORY_PAGE_SIZE
 
@@ -48,6 +52,14 @@ class EndpointPagesMixin:
             raise PermissionDenied
         return obj
 
+    def _page_media(self) -> forms.Media:
+        """The admin's media without Django's actions.js: these pages have no action
+        form of Django's (actions.js expects its ``button[name=index]`` and threw on the
+        history page); admin.js does their select-all."""
+        media = self.media
+        js = [j for j in media._js if not str(j).endswith("admin/js/actions.js")]
+        return forms.Media(css=media._css, js=js)
+
     def _context(self, request: HttpRequest, obj: Endpoint, title: str, **extra: Any) -> dict:
         return {
             **self.admin_site.each_context(request),
@@ -55,7 +67,7 @@ class EndpointPagesMixin:
             "original": obj,
             "title": title,
             "subtitle": str(obj),
-            "media": self.media,
+            "media": self._page_media(),
             "wh_can_change": self.has_change_permission(request, obj),
             **extra,
         }
@@ -157,6 +169,38 @@ class EndpointPagesMixin:
             "groups": sorted(groups.items()),
         }
         return TemplateResponse(request, "webhooks_app/admin/endpoint/event_types.html", context)
+
+    def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """GET only: what this endpoint would receive for the chosen type's example."""
+        obj = self._get_endpoint(request, object_id, change=False)
+        subscribed = set(obj.event_types)
+        types = sorted(event_types())
+        # Subscribed types first, then the others (and the built-in test event).
+        ordered = [t for t in types if t in subscribed] + [t for t in types if t not in subscribed]
+        type_choices = [
+            (t, t if t in subscribed else _("%(type)s (not subscribed)") % {"type": t})
+            for t in ordered
+        ]
+        preview, error, pretty = None, None, ""
+        try:
+            preview = services.preview(obj, request.GET.get("event_type") or None)
+        except ValidationError as exc:
+            error = " ".join(exc.messages)
+        if preview and preview.body:
+            try:
+                pretty = json.dumps(json.loads(preview.body), indent=2, ensure_ascii=False)
+            except ValueError:
+                pretty = ""
+        context = self._context(
+            request,
+            obj,
+            _("Preview"),
+            preview=preview,
+            error=error,
+            pretty=pretty,
+            type_choices=type_choices,
+        )
+        return TemplateResponse(request, "webhooks_app/admin/endpoint/preview.html", context)
 
     def rotate_secret_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         obj = self._get_endpoint(request, object_id, change=True)
@@ -304,3 +348,37 @@ class EndpointPagesMixin:
         for problem in problems:
             self.message_user(request, problem, messages.WARNING)
         return back
+
+    def recover_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """GET: the window form; POST: ``services.recover`` every failed delivery in it."""
+        obj = self._get_endpoint(request, object_id, change=True)
+        initial = {"since": timezone.localtime() - timedelta(days=1)}
+        form = RecoverForm(request.POST or None, initial=initial)
+        if request.method == "POST" and form.is_valid():
+            try:
+                result = services.recover(
+                    obj, since=form.cleaned_data["since"], until=form.cleaned_data["until"]
+                )
+            except ValidationError as exc:
+                if hasattr(exc, "error_dict"):
+                    for field, errors in exc.error_dict.items():
+                        form.add_error(field if field in form.fields else None, errors)
+                else:
+                    form.add_error(None, exc)
+            else:
+                msg = _("%(n)d failed deliveries queued to be sent again.") % {"n": result.queued}
+                self.log_change(request, obj, str(msg))
+                self.message_user(request, msg, messages.SUCCESS)
+                url = reverse("admin:webhooks_app_endpoint_history", args=[obj.pk])
+                return HttpResponseRedirect(f"{url}?status=pending")
+        failed = queries.deliveries(endpoint=obj).filter(status=Delivery.Status.FAILED)
+        count, capped = queries.capped_count(failed)
+        context = self._context(
+            request,
+            obj,
+            _("Recover failed deliveries"),
+            form=form,
+            failed_count=count,
+            failed_capped=capped,
+        )
+        return TemplateResponse(request, "webhooks_app/admin/endpoint/recover.html", context)

@@ -85,3 +85,18 @@ class TenantDeliveryFilter(DeliveryFilter):
     endpoint = serializers.IntegerField(
         required=False, min_value=1, max_value=MAX_ID, help_text="An endpoint id."
     )
+
+
+class PreviewQuery(_QueryFilter):
+    """``GET /endpoints/{id}/preview/?event_type=...``."""
+
+    OTHER_PARAMETERS = ("format",)
+
+    event_type = serializers.CharField(
+        required=False,
+        max_length=100,
+        help_text="The event type whose example to preview; default: the endpoint's first.",
+    )
+
+    def filter(self, queryset: Any, values: dict[str, Any]) -> dict[str, Any]:
+        return dict(values)  # nothing to filter: the validated parameters themselves

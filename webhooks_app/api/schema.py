@@ -22,8 +22,10 @@ from drf_spectacular.settings import patched_settings
 from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from .. import __version__
 
@@ -107,3 +109,26 @@ class SchemaView(SpectacularAPIView):
         prefix = request.path[: request.path.rfind("schema/")]
         response.data = {**response.data, "servers": [{"url": prefix.rstrip("/") or "/"}]}
         return response
+
+
+class ApiRootView(APIView):
+    """``GET`` the mount point: where the routes and the schema are (public, no data)."""
+
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+    renderer_classes = [JSONRenderer]
+    ROUTES = ("endpoints", "deliveries", "event-types", "stats")
+
+    @extend_schema(exclude=True)  # a map of the document's own paths
+    def get(self, request: Request) -> Response:
+        base = request.path if request.path.endswith("/") else request.path + "/"
+        return Response(
+            {
+                "name": SPECTACULAR_SETTINGS["TITLE"],
+                "version": __version__,
+                "routes": {r: request.build_absolute_uri(f"{base}{r}/") for r in self.ROUTES},
+                "schema": request.build_absolute_uri(f"{base}schema/"),
+                "authentication": "Every route but this one and schema/ needs an "
+                "authenticated user; each acts for that user's tenant.",
+            }
+        )

@@ -158,6 +158,13 @@ class EndpointSerializer(StrictSerializer):
         required=False,
         help_text="Keys of the event data to send (dotted for nested keys); empty: all.",
     )
+    payload_format = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=50,
+        help_text="The shape of the JSON sent: standard, flat, type, cloudevents, or a "
+        "format the site registered; empty: the site's default. See /payload-formats/.",
+    )
     payload_filter = serializers.DictField(
         child=serializers.JSONField(),
         required=False,
@@ -169,6 +176,23 @@ class EndpointSerializer(StrictSerializer):
         "Empty: every event.",
     )
     notify_email = serializers.EmailField(required=False, allow_blank=True)
+    rate_limit = StrictIntegerField(
+        required=False,
+        allow_null=True,
+        help_text="At most this many deliveries per second, across all workers; "
+        "null: no limit. Deliveries over the cap wait their turn.",
+    )
+    ordered = StrictBooleanField(
+        required=False,
+        help_text="Deliver one at a time in emit order; a failing delivery holds the "
+        "later ones until it succeeds or fails for good. Default: in parallel.",
+    )
+    breaker_state = serializers.ChoiceField(
+        choices=Endpoint.BreakerState.choices,
+        read_only=True,
+        help_text="Circuit breaker: closed (delivering), open (failing; deliveries wait "
+        "for the cool-down), half_open (one probe delivery in flight).",
+    )
     disabled_reason = serializers.CharField(read_only=True)
     created_at = serializers.DateTimeField(read_only=True)
     updated_at = serializers.DateTimeField(read_only=True)
@@ -188,7 +212,10 @@ class EndpointSerializer(StrictSerializer):
         "payload_extra": {},
         "payload_fields": [],
         "payload_filter": {},
+        "payload_format": "",
         "notify_email": "",
+        "rate_limit": None,
+        "ordered": False,
     }
 
     def service_values(self) -> dict[str, Any]:
@@ -277,10 +304,42 @@ class RotateSecretRequestSerializer(StrictSerializer):
     )
 
 
+class RecoverRequestSerializer(StrictSerializer):
+    since = serializers.DateTimeField(
+        help_text="Replay failed deliveries created at or after this time (ISO 8601)."
+    )
+    until = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="... and before this time; default: now."
+    )
+
+
+class RecoverResultSerializer(serializers.Serializer):
+    queued = serializers.IntegerField(
+        help_text="Failed deliveries queued to be sent again (0 when already pending)."
+    )
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField(allow_null=True)
+
+
 class RotateSecretResponseSerializer(serializers.Serializer):
     secret = serializers.CharField(help_text="The new secret. Store it now: never shown again.")
     previous_secret_expires_at = serializers.DateTimeField(
         allow_null=True, help_text="Until when the old secret still signs requests."
+    )
+
+
+class PreviewSerializer(serializers.Serializer):
+    event_type = serializers.CharField()
+    subscribed = serializers.BooleanField(
+        help_text="Whether the endpoint receives this type (if it is active)."
+    )
+    method = serializers.CharField()
+    url = serializers.CharField(help_text="For GET endpoints, with the query that is sent.")
+    headers = serializers.DictField(
+        child=serializers.CharField(), help_text="As sent, with the signatures masked."
+    )
+    body = serializers.CharField(
+        allow_blank=True, help_text="The exact body (empty for GET: see the URL)."
     )
 
 
@@ -351,6 +410,17 @@ class EventTypeSerializer(serializers.Serializer):
         help_text="false for built-in types (webhook.test) and deprecated ones: endpoints "
         "cannot newly subscribe to them."
     )
+
+
+class PayloadFormatSerializer(serializers.Serializer):
+    name = serializers.CharField(help_text="The value of an endpoint's payload_format.")
+    label = serializers.CharField()
+    content_type = serializers.CharField(help_text="The Content-Type of POST bodies.")
+    envelope = serializers.BooleanField(
+        help_text='The data is wrapped in keys of the format\'s own (test events add '
+        '"test": true beside them).'
+    )
+    default = serializers.BooleanField(help_text="The site's default format.")
 
 
 class StatsSerializer(serializers.Serializer):

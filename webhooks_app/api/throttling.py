@@ -31,8 +31,11 @@ class WebhooksActionThrottle(SimpleRateThrottle):
         self.num_requests, self.duration = self.parse_rate(self.rate)
         return super().allow_request(request, view)
 
+    def tenant(self, request: Any) -> str | None:
+        return resolve_tenant(request)
+
     def get_cache_key(self, request: Any, view: Any) -> str | None:
-        tenant = resolve_tenant(request)
+        tenant = self.tenant(request)
         if tenant is None:
             return None
         # Hashed: a tenant key may hold characters some cache backends refuse in keys.

@@ -17,7 +17,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, PermissionDenied
+from rest_framework.exceptions import APIException, PermissionDenied, Throttled
 from rest_framework.exceptions import ValidationError as DRFValidationError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -25,10 +25,10 @@ from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
 from rest_framework.views import APIView
 
-from .. import events, queries, services
+from .. import events, formats, queries, services
 from ..models import Delivery, Endpoint, new_event_id
 from . import serializers as s
-from .filters import DeliveryFilter, EndpointFilter, TenantDeliveryFilter
+from .filters import DeliveryFilter, EndpointFilter, PreviewQuery, TenantDeliveryFilter
 from .pagination import MAX_ID, IdCursorPagination
 from .parsers import BoundedJSONParser
 from .permissions import HasTenant, api_authentication_classes, api_permission_classes
@@ -231,6 +231,21 @@ class EndpointViewSet(
         return Response(s.TestResultSerializer(result).data)
 
     @extend_schema(
+        summary="Preview what the endpoint would receive",
+        description="The request this endpoint would get for an event type's example: "
+        "method, URL, headers (signatures masked) and body, built by the code that sends "
+        "webhooks. Nothing is sent or saved; works for inactive endpoints too.",
+        parameters=[PreviewQuery],
+        responses={200: s.PreviewSerializer, **BAD_REQUEST, **COMMON_ERRORS, **NOT_FOUND},
+    )
+    @action(detail=True, methods=["get"])
+    def preview(self, request: Request, pk: str | None = None) -> Response:
+        endpoint = self.get_object()
+        values = PreviewQuery.apply(None, request.query_params)
+        result = services.preview(endpoint, values.get("event_type"))
+        return Response(s.PreviewSerializer(result).data)
+
+    @extend_schema(
         summary="Rotate the signing secret",
         description="Returns the new secret, once. With `grace`, requests are signed with "
         "both secrets until the grace period ends.",
@@ -255,6 +270,35 @@ class EndpointViewSet(
                 {"secret": secret, "previous_secret_expires_at": expires}
             ).data
         )
+
+    @extend_schema(
+        summary="Recover failed deliveries",
+        description="Replays every failed delivery of this endpoint created in "
+        "[since, until): same event ids, same bytes. Calling it twice queues nothing new. "
+        "Limited per tenant (`RECOVER_RATE`).",
+        request=s.RecoverRequestSerializer,
+        responses={
+            202: s.RecoverResultSerializer,
+            **BAD_REQUEST,
+            **COMMON_ERRORS,
+            **NOT_FOUND,
+            **CONFLICT,
+            **THROTTLED,
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def recover(self, request: Request, pk: str | None = None) -> Response:
+        endpoint = self.get_object()
+        values = _validated(s.RecoverRequestSerializer, request)
+        try:
+            result = services.recover(endpoint, since=values["since"], until=values.get("until"))
+        except services.RecoverThrottled as exc:
+            raise Throttled(wait=exc.wait) from None
+        except DjangoValidationError as exc:
+            if hasattr(exc, "error_dict"):
+                raise
+            raise Conflict(" ".join(exc.messages)) from None  # a disabled endpoint
+        return Response(s.RecoverResultSerializer(result).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
         summary="List an endpoint's deliveries",
@@ -359,6 +403,28 @@ class EventTypeListView(WebhooksAPIMixin, APIView):
             for name, info in sorted(events.event_types().items())
         ]
         return Response(s.EventTypeSerializer(rows, many=True).data)
+
+
+class PayloadFormatListView(WebhooksAPIMixin, APIView):
+    """The payload formats endpoints can choose (built in and registered by the site)."""
+
+    @extend_schema(
+        summary="List payload formats",
+        responses={200: s.PayloadFormatSerializer(many=True), **COMMON_ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        default = formats.default_name()
+        rows = [
+            {
+                "name": f.name,
+                "label": f.label,
+                "content_type": f.content_type,
+                "envelope": f.envelope,
+                "default": f.name == default,
+            }
+            for f in formats.payload_formats().values()
+        ]
+        return Response(s.PayloadFormatSerializer(rows, many=True).data)
 
 
 class StatsView(WebhooksAPIMixin, APIView):

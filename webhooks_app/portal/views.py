@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from functools import wraps
+from types import SimpleNamespace
 from typing import Any
 
 from django.contrib import messages
@@ -27,6 +28,7 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_POST
 
 from .. import events, queries, services, signing
+from ..api.throttling import WebhooksActionThrottle
 from ..conf import app_settings
 from ..models import Delivery, Endpoint
 from . import magic
@@ -72,6 +74,25 @@ def portal_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse
         return view(request, access.tenant, *args, **kwargs)
 
     return wrapped
+
+
+class _PortalThrottle(WebhooksActionThrottle):
+    """The API's per-tenant limit on tests and replays, shared with the API: one budget
+    per tenant, whichever front end sends."""
+
+    def __init__(self, tenant: str, scope: str) -> None:
+        self._tenant = tenant
+        self._view = SimpleNamespace(throttle_scope=scope)
+
+    def tenant(self, request: Any) -> str | None:
+        return self._tenant
+
+    def refused(self, request: HttpRequest) -> HttpResponse | None:
+        if self.allow_request(request, self._view):
+            return None
+        wait = self.wait()
+        message = _("Too many requests; try again in %(s)d seconds.") % {"s": int(wait or 1) + 1}
+        return _refused(request, message, status=429)
 
 
 def _endpoint(tenant: str, pk: int) -> Endpoint:
@@ -138,7 +159,8 @@ def _secret_page(
 # Pages -----------------------------------------------------------------------------------
 @portal_view
 def endpoint_list(request: HttpRequest, tenant: str) -> HttpResponse:
-    search = request.GET.get("q", "").strip()[:200]
+    # NUL cannot be stored or searched in PostgreSQL text; it is never in a name or URL.
+    search = request.GET.get("q", "").replace("\x00", "").strip()[:200]
     show = request.GET.get("status", "")
     is_active = {"active": True, "inactive": False}.get(show)
     if is_active is None:
@@ -211,6 +233,9 @@ def endpoint_edit(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
 def endpoint_test(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
     endpoint = _endpoint(tenant, pk)
     if request.method == "POST":
+        throttled = _PortalThrottle(tenant, "test").refused(request)
+        if throttled:
+            return throttled
         result = services.send_test(endpoint)
         url = reverse("webhooks_portal:test", args=[endpoint.pk])
         return HttpResponseRedirect(f"{url}?{urlencode({'result': result.delivery.pk})}")
@@ -304,6 +329,9 @@ def delivery_detail(request: HttpRequest, tenant: str, pk: int, delivery_id: int
 def delivery_replay(request: HttpRequest, tenant: str, pk: int, delivery_id: int) -> HttpResponse:
     endpoint = _endpoint(tenant, pk)
     delivery = _delivery(endpoint, delivery_id)
+    throttled = _PortalThrottle(tenant, "replay").refused(request)
+    if throttled:
+        return throttled
     try:
         services.replay(delivery)
     except ValidationError as exc:

@@ -22,6 +22,9 @@ class Command(BaseCommand):
         User = get_user_model()
         if not User.objects.filter(username="admin").exists():
             User.objects.create_superuser("admin", "admin@example.com", "admin")
+        # A customer (not staff) for the webhooks portal at /webhooks/.
+        if not User.objects.filter(username="customer").exists():
+            User.objects.create_user("customer", "customer@example.com", "customer")
         url = f"{base_url.rstrip('/')}/receiver/demo/"
         if not Endpoint.objects.filter(url=url).exists():
             from webhooks_app.events import event_types
@@ -34,4 +37,4 @@ class Command(BaseCommand):
                 description="The demo site's own receiver page, /receiver/",
             )
             Inbox.objects.update_or_create(slug="demo", defaults={"secret": secret})
-        self.stdout.write("Admin login: admin / admin")
+        self.stdout.write("Admin login: admin / admin; portal login: customer / customer")

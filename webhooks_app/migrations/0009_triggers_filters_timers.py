@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('webhooks_app', '0005_delivery_method'),
+        ('webhooks_app', '0008_payload_format_event_log'),
     ]
 
     operations = [
