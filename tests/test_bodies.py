@@ -322,3 +322,56 @@ def test_watch_fields_name_the_fields_whose_change_matters(make_endpoint):
         user.save()  # nothing changed
         updates = Event.objects.filter(event_type="user.updated").order_by("id")
         assert [e.data["is_staff"] for e in updates] == [False, True]
+
+
+@pytest.mark.django_db
+def test_emit_depth_limit_counts_levels_of_data(make_endpoint):
+    make_endpoint("http://127.0.0.1:9/hook")
+    deep: dict = {}
+    inner = deep
+    for _ in range(app_settings.MAX_PAYLOAD_DEPTH - 1):
+        inner["d"] = {}
+        inner = inner["d"]
+    emit("user.created", deep)  # 32 levels
+    inner["d"] = {}
+    with pytest.raises(ValidationError, match=r"^\['data(\.d){32}: nested deeper than 32"):
+        emit("user.created", deep)
+
+
+@pytest.mark.django_db
+def test_custom_payload_values_take_django_values_and_refuse_bad_ones(make_endpoint):
+    from webhooks_app import services
+
+    endpoint, _ = make_endpoint(
+        "http://127.0.0.1:9/hook",
+        payload_extra={"since": dt.date(2026, 1, 1), "fee": Decimal("0.50"), "rate": 3.0},
+    )
+    endpoint.refresh_from_db()
+    assert endpoint.payload_extra == {"since": "2026-01-01", "fee": "0.50", "rate": 3}
+    event = emit("user.created", {"a": 1})
+    body = Delivery.objects.get(event=event).body
+    sent = json.loads(body)  # (PostgreSQL's jsonb keeps custom values in its own order)
+    assert {k: sent[k] for k in ("since", "fee", "rate")} == endpoint.payload_extra
+    assert '"rate":3' in body and jsonenc.dumps(sent) == body
+    for bad, words in [({"x": float("nan")}, "NaN"), ({"x": 2**60}, "2**53"), ({"x": {1}}, "set")]:
+        with pytest.raises(ValidationError) as exc:
+            services.update_endpoint(endpoint, payload_extra=bad)
+        (message,) = exc.value.message_dict["payload_extra"]
+        assert message.startswith("payload_extra.x: ") and words in message
+
+
+@pytest.mark.django_db
+def test_a_typo_in_watch_fields_is_reported_and_never_breaks_a_save(make_endpoint):
+    from django.core.checks import run_checks
+
+    make_endpoint("http://127.0.0.1:9/hook", events=["user.created", "user.updated"])
+    with override_settings(WEBHOOKS_APP=_user_binding(watch_fields=["emial"])):
+        errors = [e for e in run_checks() if e.id == "webhooks_app.E003"]
+        assert [e.msg for e in errors] == [
+            "WEBHOOKS_APP['MODEL_EVENTS']['auth.User']['watch_fields'] names 'emial', "
+            "not a field of auth.User."
+        ]
+        user = get_user_model().objects.create_user("typo", password="x" * 12)
+        user.email = "t@example.com"
+        user.save()  # no exception; with no valid watched field every update counts
+    assert Event.objects.filter(event_type="user.updated").count() == 1

@@ -403,6 +403,34 @@ def test_claim_takes_rows_of_as_many_endpoints_as_it_has_threads(make_endpoint, 
     assert len(rest) == 4 and {d.endpoint_id for d in rest} == {left}
 
 
+@pytest.mark.skipif(not settings.Q_CLUSTER.get("redis"), reason="Redis broker only")
+def test_wake_ups_reuse_one_redis_broker(monkeypatch):
+    """django-q2 builds a broker (a new Redis connection) per async_task(); wake-ups
+    keep one per process."""
+    import django_q.brokers
+
+    from webhooks_app import tasks
+
+    built = []
+    real = django_q.brokers.get_broker
+
+    def counting(*args, **kwargs):
+        built.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(django_q.brokers, "get_broker", counting)
+    monkeypatch.setattr("django_q.tasks.get_broker", counting)
+    monkeypatch.setattr(tasks, "_brokers", {})
+    monkeypatch.setattr(tasks, "WAKE_COALESCE_SECONDS", 0.0)
+    monkeypatch.setattr(tasks, "_broker_down_until", 0.0)
+    for _ in range(3):
+        tasks.wake_workers()
+    assert len(built) == 1
+    broker = tasks._broker(settings.WEBHOOKS_APP.get("Q_CLUSTER"))
+    assert broker.queue_size() >= 3  # the three wake-ups are queued
+    broker.purge_queue()
+
+
 def test_broker_outage_does_not_fail_the_callers_save(receiver, make_endpoint, monkeypatch, caplog):
     make_endpoint(receiver.url())
 

@@ -286,6 +286,14 @@ def test_prune_deletes_idempotency_keys_past_their_window(make_endpoint):
     IdempotencyKey.objects.filter(key="old").update(created_at=timezone.now() - timedelta(days=2))
     assert services.prune().idempotency_keys == 1
     assert list(IdempotencyKey.objects.values_list("key", flat=True)) == ["new"]
+    endpoint, _ = make_endpoint("http://127.0.0.1:9/hook")
+    services.recover(endpoint, since=timezone.now() - timedelta(hours=1))
+    services.recover(endpoint, since=timezone.now() - timedelta(hours=1))
+    Recovery.objects.filter(pk=Recovery.objects.first().pk).update(
+        created_at=timezone.now() - timedelta(days=31)
+    )
+    services.prune()
+    assert Recovery.objects.count() == 1
 
 
 def test_the_prune_schedule_is_created_once_after_migrate():
@@ -500,3 +508,18 @@ def test_metrics_endpoints_by_breaker_state(client, make_endpoint):
     assert 'webhooks_endpoints{breaker_state="closed"} 1.0' in body
     assert 'webhooks_endpoints{breaker_state="half_open"} 0.0' in body
     assert "webhooks_endpoints_disabled 1.0" in body
+
+
+@pytest.mark.parametrize(
+    "changes, check_id",
+    [
+        ({"PROXY": "socks5://x:1"}, "webhooks_app.E030"),
+        ({"RECOVER_RATE": "ten"}, "webhooks_app.E031"),
+    ],
+)
+def test_bad_operations_settings_fail_the_system_check(changes, check_id):
+    from webhooks_app.checks import check_operations
+
+    assert check_operations() == []
+    with webhooks(**changes):
+        assert [e.id for e in check_operations()] == [check_id]

@@ -212,3 +212,23 @@ def test_metrics_logs_and_status_after_real_deliveries_from_two_clusters(
     assert value("webhooks_in_flight") == 0 and _scrape(client)[("webhooks_in_flight", ())] == 1
     failing.close()
     slow.close()
+
+
+def test_deliveries_through_a_proxy_from_a_real_cluster(receiver, make_endpoint, start_cluster):
+    from tests.proxy import VIA, RecordingProxy
+
+    proxy = RecordingProxy()
+    try:
+        _, secret = make_endpoint(f"http://localhost:{receiver.port}/hook")
+        start_cluster(env={"WEBHOOKS_PROXY": proxy.url})
+        events = [emit("user.created", {"i": i}) for i in range(3)]
+        reqs = receiver.wait_for(3)
+        assert all(r.header("Via") == VIA for r in reqs)
+        assert sorted(r.body for r in reqs) == sorted(e.body.encode() for e in events)
+        for r in reqs:
+            standardwebhooks.Webhook(secret).verify(r.body, r.headers)
+        assert len(proxy.forwarded) == 3
+        assert {f.target for f in proxy.forwarded} == {f"http://127.0.0.1:{receiver.port}/hook"}
+        wait_for(lambda: Delivery.objects.filter(status="succeeded").count() == 3)
+    finally:
+        proxy.close()

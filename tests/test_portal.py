@@ -520,3 +520,14 @@ def test_own_secret_verifies_with_standardwebhooks_as_the_panel_says(make_endpoi
     (request,) = receiver.wait_for(1)
     wh = standardwebhooks.Webhook("whsec_" + base64.b64encode(own.encode()).decode())
     assert wh.verify(request.body, request.headers)["event"] == "webhook.test"
+
+
+def test_a_magic_session_ends_after_portal_session_seconds(client, monkeypatch):
+    import time as time_module
+
+    with webhooks_settings(PORTAL_SESSION_SECONDS=60):
+        client.post(magic_link("acme"))
+    assert client.get(url("list")).status_code == 200
+    later = time_module.time() + 61
+    monkeypatch.setattr("webhooks_app.portal.access.time.time", lambda: later)
+    assert client.get(url("list")).status_code == 302

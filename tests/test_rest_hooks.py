@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from tests.receiver import Reply
+from tests.test_cluster import wait_status
 from webhooks_app import emit, gating, services
 from webhooks_app.models import Delivery, Endpoint
 
@@ -29,16 +30,6 @@ def api(alice):
     c = APIClient()
     c.force_authenticate(alice)
     return c
-
-
-def wait_status(delivery_id, status, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        d = Delivery.objects.get(pk=delivery_id)
-        if d.status == status:
-            return d
-        time.sleep(0.1)
-    raise AssertionError(f"delivery {delivery_id} is {d.status}, expected {status}")
 
 
 @pytest.mark.django_db

@@ -7,6 +7,7 @@ import ipaddress
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import FieldDoesNotExist
 
 from .conf import DEFAULTS, app_settings
 
@@ -32,9 +33,9 @@ def check_settings(app_configs=None, **kwargs):
                 id="webhooks_app.E002",
             )
         )
-    for label in app_settings.MODEL_EVENTS:
+    for label, binding in app_settings.MODEL_EVENTS.items():
         try:
-            apps.get_model(label)
+            model = apps.get_model(label)
         except (LookupError, ValueError):
             problems.append(
                 Error(
@@ -43,6 +44,19 @@ def check_settings(app_configs=None, **kwargs):
                     id="webhooks_app.E003",
                 )
             )
+            continue
+        for key in ("watch_fields", "ignore_fields"):
+            for name in (binding or {}).get(key) or ():
+                try:
+                    model._meta.get_field(name)
+                except FieldDoesNotExist:
+                    problems.append(
+                        Error(
+                            f"WEBHOOKS_APP['MODEL_EVENTS'][{label!r}][{key!r}] names "
+                            f"{name!r}, not a field of {label}.",
+                            id="webhooks_app.E003",
+                        )
+                    )
     for net in app_settings.ALLOWED_NETWORKS:
         try:
             ipaddress.ip_network(net, strict=False)
@@ -156,4 +170,21 @@ def check_hooks(app_configs=None, **kwargs):
                     id="webhooks_app.E020",
                 )
             )
+    return problems
+
+
+@register(Tags.compatibility)
+def check_operations(app_configs=None, **kwargs):
+    """PROXY and RECOVER_RATE: a typo should fail at startup, not fail every delivery."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    problems = []
+    for name, check_id, hint in (
+        ("PROXY", "webhooks_app.E030", "e.g. 'http://egress.internal:3128', or None."),
+        ("RECOVER_RATE", "webhooks_app.E031", "e.g. '10/hour', or None for no limit."),
+    ):
+        try:
+            getattr(app_settings, name)
+        except (ImproperlyConfigured, ValueError, TypeError) as exc:
+            problems.append(Error(str(exc), hint=hint, id=check_id))
     return problems

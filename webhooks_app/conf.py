@@ -132,6 +132,11 @@ DEFAULTS: dict[str, Any] = {
     # The metrics view (webhooks_app.metrics.urls) answers only requests carrying
     # "Authorization: Bearer <token>" when set; None: whoever reaches the URL.
     "METRICS_TOKEN": None,
+    # Every delivery leaves through this HTTP(S) proxy ("http://proxy.internal:3128",
+    # credentials allowed in the URL), so receivers can allow-list one egress address.
+    # The SSRF check still applies to the destination, before the proxy is contacted,
+    # and the proxy is asked for the checked address, not the name. None: direct.
+    "PROXY": None,
 }
 
 
@@ -363,6 +368,15 @@ class AppSettings:
     @property
     def METRICS_TOKEN(self) -> str | None:
         return self._get("METRICS_TOKEN") or None
+
+    @property
+    def PROXY(self) -> str | None:
+        value = self._get("PROXY") or None
+        if value is not None and not str(value).lower().startswith(("http://", "https://")):
+            raise ImproperlyConfigured(
+                "WEBHOOKS_APP['PROXY'] must be an http:// or https:// URL of the proxy."
+            )
+        return value
 
 
 app_settings = AppSettings()

@@ -362,10 +362,13 @@ def new_event(
     """
     from .models import Event
 
-    data = jsonenc.normalise(data, path="data")
-    event = Event(tenant=tenant, event_type=event_type, data=data, is_test=test)
-    env = envelope(event.public_id, event_type, event.created_at, tenant, data)
-    event.body = dumps(env)
+    event = Event(tenant=tenant, event_type=event_type, is_test=test)
+    raw = envelope(event.public_id, event_type, event.created_at, tenant, data)
+    # One pass normalises and writes; the depth limit applies to "data", one level down.
+    env, event.body = jsonenc.normalise_and_dump(
+        raw, max_depth=app_settings.MAX_PAYLOAD_DEPTH, levels_above=1
+    )
+    event.data = env["data"]
     jsonenc.check_size(event.body)
     return event, env
 
@@ -388,7 +391,6 @@ def new_delivery(endpoint, event, env: dict, data: Any, *, test: bool = False, *
         method=endpoint.method,
         **fields,
     )
-
 
 
 MAX_IDEMPOTENCY_KEY = 200
@@ -482,8 +484,6 @@ def emit(
     ``VALIDATE_PAYLOADS`` on) data that does not match the type's schema. Endpoints whose
     payload filter the event does not pass get no delivery (and count as not subscribed).
     """
-    from .models import Delivery
-
     info = check_event_type(event_type)
     if idempotency_key is not None:
         idempotency_key = clean_idempotency_key(idempotency_key)
@@ -516,10 +516,89 @@ def emit(
                 return first
             if not stored:
                 return event
-        event.save(using=using)
         if deliveries:
-            Delivery.objects.using(using).bulk_create(deliveries)
+            _insert_outbox(event, deliveries, using)
             from .tasks import wake_workers_on_commit
 
             wake_workers_on_commit(using)
+        else:
+            event.save(using=using)
     return event
+
+
+def _row(obj, conn) -> tuple[list[str], list]:
+    """Columns and database values of an unsaved ``obj``, as the ORM's INSERT has them
+    (defaults and ``auto_now`` applied), the primary key left to the database."""
+    fields = [f for f in obj._meta.concrete_fields if not f.primary_key]
+    return (
+        [f.column for f in fields],
+        [f.get_db_prep_save(f.pre_save(obj, True), conn) for f in fields],
+    )
+
+
+def _insert_outbox(event, deliveries: list, using: str | None) -> None:
+    """Insert ``event`` and its ``deliveries`` in hand-written SQL: one statement on
+    PostgreSQL (the event in a CTE, each delivery selecting its id), two elsewhere.
+
+    Every emit() with a subscriber pays this inside the caller's transaction; the ORM's
+    ``save()`` + ``bulk_create()`` cost more Python than the statements (about half of
+    emit()'s time on SQLite) and a round trip each on PostgreSQL.
+    """
+    from .models import Delivery, Event
+
+    db = using or router.db_for_write(Event)
+    conn = connections[db]
+    if conn.vendor not in ("postgresql", "sqlite") or not (
+        conn.features.can_return_columns_from_insert
+    ):
+        event.save(using=db)
+        Delivery.objects.using(db).bulk_create(deliveries)
+        return
+    q = conn.ops.quote_name
+    for d in deliveries:
+        d.event_id = 0  # replaced by the event's id below (the column must be listed)
+    ev_cols, ev_vals = _row(event, conn)
+    event_column = Delivery._meta.get_field("event").column
+    rows = [_row(d, conn) for d in deliveries]
+    d_cols = rows[0][0]
+    at = d_cols.index(event_column)
+    cols_sql = ", ".join(q(c) for c in d_cols)
+    with conn.cursor() as cursor:
+        if conn.vendor == "postgresql":
+            ctes = [
+                f"ev AS (INSERT INTO {q(Event._meta.db_table)} "
+                f"({', '.join(q(c) for c in ev_cols)}) VALUES ({', '.join(['%s'] * len(ev_cols))}) "
+                f"RETURNING {q('id')})"
+            ]
+            params = list(ev_vals)
+            for k, (_, vals) in enumerate(rows):
+                select = ", ".join("ev.id" if i == at else "%s" for i in range(len(vals)))
+                ctes.append(
+                    f"d{k} AS (INSERT INTO {q(Delivery._meta.db_table)} ({cols_sql}) "
+                    f"SELECT {select} FROM ev)"
+                )
+                params += [v for i, v in enumerate(vals) if i != at]
+            cursor.execute(f"WITH {', '.join(ctes)} SELECT id FROM ev", params)
+            event.pk = cursor.fetchone()[0]
+        else:
+            cursor.execute(
+                f"INSERT INTO {q(Event._meta.db_table)} ({', '.join(q(c) for c in ev_cols)}) "
+                f"VALUES ({', '.join(['%s'] * len(ev_cols))}) RETURNING {q('id')}",
+                ev_vals,
+            )
+            event.pk = cursor.fetchone()[0]
+            one = "(" + ", ".join(["%s"] * len(d_cols)) + ")"
+            for start in range(0, len(rows), 500):  # SQLite's limit of bound variables
+                batch = rows[start : start + 500]
+                params = []
+                for _, vals in batch:
+                    vals[at] = event.pk
+                    params += vals
+                cursor.execute(
+                    f"INSERT INTO {q(Delivery._meta.db_table)} ({cols_sql}) "
+                    f"VALUES {', '.join([one] * len(batch))}",
+                    params,
+                )
+    event._state.adding, event._state.db = False, db
+    for d in deliveries:
+        d.event = event

@@ -29,7 +29,9 @@ FEATURE_UNAVAILABLE_AT_SEND = (
 )
 
 
-def _load(name: str) -> Any:
+def load_hook(name: str) -> Any:
+    """The callable a ``WEBHOOKS_APP[name]`` setting names (a dotted path or the callable
+    itself), or None when unset; ImproperlyConfigured names the setting on a typo."""
     path = getattr(app_settings, name)
     if not path:
         return None
@@ -46,10 +48,10 @@ def _load(name: str) -> Any:
 def feature_enabled(tenant: str | None, request: Any = None) -> bool:
     """True if ``tenant`` may use webhooks; ``request=None`` when no request exists."""
     if request is None:
-        tenant_gate = _load("TENANT_GATE")
+        tenant_gate = load_hook("TENANT_GATE")
         if tenant_gate is not None:
             return bool(tenant_gate(tenant))
-    gate = _load("FEATURE_GATE")
+    gate = load_hook("FEATURE_GATE")
     if gate is None:
         return True
     return bool(gate(request, tenant))

@@ -42,6 +42,8 @@ _MAX_ARRAY_INDEX = 2**32 - 2
 _HARD_DEPTH = 200
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
 _django = DjangoJSONEncoder()
+_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+_django = DjangoJSONEncoder()
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
@@ -52,120 +54,169 @@ def _invalid(path: str, message: str) -> ValidationError:
 
 def _array_index(key: str) -> int | None:
     """``int(key)`` if JS treats ``key`` as an array index (ordered first), else None."""
-    if not key.isascii() or not key.isdigit() or (key[0] == "0" and len(key) > 1):
+    if not key.isdigit() or not key.isascii() or (key[0] == "0" and len(key) > 1):
         return None
     n = int(key)
     return n if n <= _MAX_ARRAY_INDEX else None
 
 
-def _key(key: Any, path: str) -> str:
-    if isinstance(key, str):
-        return _text(key if type(key) is str else str.__str__(key), path)
-    if isinstance(key, int) and not isinstance(key, bool):
-        return str(int(key))
-    converted = None
-    try:
-        converted = _django.default(key)  # lazy strings, UUIDs, dates as keys
-    except (TypeError, ValueError):
-        pass
-    if isinstance(converted, str):
-        return _text(converted, path)
-    raise _invalid(path, f"the key {key!r} is not text (JSON object keys are strings)")
-
-
-def _text(value: str, path: str) -> str:
-    match = _BAD_CHARS.search(value)
-    if match:
-        char = match.group()
-        if char == "\x00":
-            raise _invalid(path, "contains a NUL character (\\u0000), which cannot be stored")
-        raise _invalid(
-            path, f"contains a lone surrogate (\\u{ord(char):04x}), which is not valid UTF-8"
-        )
-    return value
+def _plain_float(f: float) -> bool:
+    """Whether Python's repr of ``f`` is what JS writes too (no exponent, no ``.0``)."""
+    r = repr(f)
+    return "e" not in r and not r.endswith(".0")
 
 
 class _Walk:
-    """One normalisation pass; remembers whether any non-integral float is left."""
+    """One normalisation pass.
 
-    def __init__(self, max_depth: int) -> None:
+    The path of the value being looked at is a stack of keys and indexes, turned into
+    text only for an error message. ``special_floats`` tells whether a float is left
+    whose Python repr differs from what JS writes (the body is then written by _write()).
+    """
+
+    def __init__(self, max_depth: int, root: str, levels_above: int = 0) -> None:
         self.max_depth = max_depth
+        self.limit = max_depth + levels_above
         self.large = app_settings.LARGE_INTEGERS
-        self.floats = False
+        self.special_floats = False
         self.active: set[int] = set()
+        self.root = root
+        self.parts: list[str | int] = []
 
-    def value(self, v: Any, path: str, depth: int) -> Any:
+    def fail(self, message: str) -> ValidationError:
+        out = self.root
+        for part in self.parts:
+            if isinstance(part, int):
+                out += f"[{part}]"
+            else:
+                out = f"{out}.{part}" if out else part
+        return _invalid(out, message)
+
+    def text(self, value: str) -> str:
+        match = _BAD_CHARS.search(value)
+        if match:
+            char = match.group()
+            if char == "\x00":
+                raise self.fail("contains a NUL character (\\u0000), which cannot be stored")
+            raise self.fail(
+                f"contains a lone surrogate (\\u{ord(char):04x}), which is not valid UTF-8"
+            )
+        return value
+
+    def value(self, v: Any, depth: int) -> Any:
+        t = type(v)
+        if t is str:
+            return self.text(v)
+        if t is dict or t is list:
+            return self.container(v, depth)
+        if t is int:
+            if -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
+                return v
+            return self.large_int(v)
         if v is None or v is True or v is False:
             return v
+        if t is float:
+            return self.number(v)
+        # Subclasses and the rest: str/int enums, other mappings, tuples, Django's values.
         if isinstance(v, str):
-            return _text(v if type(v) is str else str.__str__(v), path)
+            return self.text(str.__str__(v))
         if isinstance(v, int):
-            n = int(v)
-            if -MAX_SAFE_INTEGER <= n <= MAX_SAFE_INTEGER:
-                return n
-            if self.large == "string":
-                return str(n)
-            raise _invalid(
-                path,
-                f"the integer {n} is outside ±(2**53 - 1), which JavaScript cannot hold "
-                "exactly; send it as a string (or set WEBHOOKS_APP['LARGE_INTEGERS'] = "
-                '"string")',
-            )
+            return self.value(int(v), depth)
         if isinstance(v, float):
-            f = float(v)
-            if not math.isfinite(f):
-                raise _invalid(path, f"{f} is not a JSON number (NaN and Infinity are refused)")
-            if f.is_integer() and abs(f) <= MAX_SAFE_INTEGER:
-                return int(f)  # 1.0 -> 1, -0.0 -> 0: JS has one number type
-            self.floats = True
-            return f
+            return self.number(float(v))
         if isinstance(v, Mapping | list | tuple):
-            if depth >= self.max_depth:
-                raise _invalid(path, f"nested deeper than {self.max_depth} levels")
-            ident = id(v)
-            if ident in self.active:
-                raise _invalid(path, "is a circular reference")
-            self.active.add(ident)
-            try:
-                if isinstance(v, Mapping):
-                    return self.mapping(v, path, depth + 1)
-                return [
-                    self.value(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(v)
-                ]
-            finally:
-                self.active.discard(ident)
+            return self.container(v, depth)
         if isinstance(v, set | frozenset):
-            raise _invalid(path, "a set is not JSON; pass a list")
+            raise self.fail("a set is not JSON; pass a list")
         if isinstance(v, bytes | bytearray | memoryview):
-            raise _invalid(path, "bytes are not JSON; decode them or send base64 text")
+            raise self.fail("bytes are not JSON; decode them or send base64 text")
         try:
             converted = _django.default(v)  # datetime, date, time, timedelta, Decimal, UUID
         except (TypeError, ValueError) as exc:
             detail = str(exc) if isinstance(exc, ValueError) else "is not JSON-serialisable"
-            raise _invalid(path, f"{type(v).__name__} {detail}") from None
-        return self.value(converted, path, depth)
+            raise self.fail(f"{type(v).__name__} {detail}") from None
+        return self.value(converted, depth)
 
-    def mapping(self, m: Mapping, path: str, depth: int) -> dict[str, Any]:
-        indexed: list[tuple[int, str, Any]] = []
-        named: dict[str, Any] = {}
-        seen: set[str] = set()
+    def large_int(self, n: int) -> str:
+        if self.large == "string":
+            return str(n)
+        raise self.fail(
+            f"the integer {n} is outside ±(2**53 - 1), which JavaScript cannot hold "
+            "exactly; send it as a string (or set WEBHOOKS_APP['LARGE_INTEGERS'] = "
+            '"string")'
+        )
+
+    def number(self, f: float) -> int | float:
+        if not math.isfinite(f):
+            raise self.fail(f"{f} is not a JSON number (NaN and Infinity are refused)")
+        if f.is_integer() and -MAX_SAFE_INTEGER <= f <= MAX_SAFE_INTEGER:
+            return int(f)  # 1.0 -> 1, -0.0 -> 0: JS has one number type
+        if not self.special_floats and not _plain_float(f):
+            self.special_floats = True
+        return f
+
+    def container(self, v: Any, depth: int) -> Any:
+        if depth >= self.limit:
+            raise self.fail(f"nested deeper than {self.max_depth} levels")
+        ident = id(v)
+        if ident in self.active:
+            raise self.fail("is a circular reference")
+        self.active.add(ident)
+        try:
+            if isinstance(v, Mapping):
+                return self.mapping(v, depth + 1)
+            parts = self.parts
+            out = []
+            for i, item in enumerate(v):
+                parts.append(i)
+                out.append(self.value(item, depth + 1))
+                parts.pop()
+            return out
+        finally:
+            self.active.discard(ident)
+
+    def key(self, key: Any) -> str:
+        if type(key) is str:
+            return self.text(key)
+        if isinstance(key, str):
+            return self.text(str.__str__(key))
+        if isinstance(key, int) and not isinstance(key, bool):
+            return str(int(key))
+        converted = None
+        try:
+            converted = _django.default(key)  # lazy strings, UUIDs, dates as keys
+        except (TypeError, ValueError):
+            pass
+        if isinstance(converted, str):
+            return self.text(converted)
+        raise self.fail(f"the key {key!r} is not text (JSON object keys are strings)")
+
+    def mapping(self, m: Mapping, depth: int) -> dict[str, Any]:
+        indexed: dict[str, tuple[int, Any]] = {}
+        out: dict[str, Any] = {}
+        parts = self.parts
         for raw_key, item in m.items():
-            key = _key(raw_key, path)
-            if key in seen:
-                raise _invalid(path, f"the key {key!r} occurs twice once converted to text")
-            seen.add(key)
-            sub = self.value(item, f"{path}.{key}" if path else key, depth)
-            index = _array_index(key)
+            key = self.key(raw_key)
+            if key in out or key in indexed:
+                raise self.fail(f"the key {key!r} occurs twice once converted to text")
+            parts.append(key)
+            sub = self.value(item, depth)
+            parts.pop()
+            index = _array_index(key) if key[:1].isdigit() else None
             if index is None:
-                named[key] = sub
+                out[key] = sub
             else:
-                indexed.append((index, key, sub))
+                indexed[key] = (index, sub)
         if not indexed:
-            return named
-        indexed.sort()
-        out = {key: sub for _, key, sub in indexed}
-        out.update(named)
-        return out
+            return out
+        ordered = {k: sub for k, (_, sub) in sorted(indexed.items(), key=lambda kv: kv[1][0])}
+        ordered.update(out)
+        return ordered
+
+
+def _walk(value: Any, path: str, max_depth: int, levels_above: int = 0) -> tuple[Any, bool]:
+    walk = _Walk(max_depth, path, levels_above)
+    return walk.value(value, 0), walk.special_floats
 
 
 def normalise(value: Any, *, path: str = "data", max_depth: int | None = None) -> Any:
@@ -175,14 +226,19 @@ def normalise(value: Any, *, path: str = "data", max_depth: int | None = None) -
     ``max_depth`` defaults to ``WEBHOOKS_APP['MAX_PAYLOAD_DEPTH']``.
     """
     depth = app_settings.MAX_PAYLOAD_DEPTH if max_depth is None else max_depth
-    return _Walk(depth).value(value, path, 0)
+    return _walk(value, path, depth)[0]
 
 
 def format_number(value: float | int) -> str:
     """A number as JS writes it (``1.0`` -> ``1``, ``1e-07`` -> ``1e-7``), e.g. for a query."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    return rfc8785.dumps(float(value)).decode("ascii")
+    f = float(value)
+    if f.is_integer() and abs(f) <= MAX_SAFE_INTEGER:
+        return str(int(f))
+    if _plain_float(f):
+        return repr(f)
+    return rfc8785.dumps(f).decode("ascii")
 
 
 def _write(v: Any, out: list[str]) -> None:
@@ -210,20 +266,35 @@ def _write(v: Any, out: list[str]) -> None:
         out.append(_compact.encode(v))
 
 
+def _encode(tree: Any, special_floats: bool) -> str:
+    if not special_floats:
+        # Integers, strings, literals and floats whose repr JS shares: Python's C encoder
+        # writes them as JS does (same escapes, non-ASCII kept); keys are in JS order.
+        return _compact.encode(tree)
+    out: list[str] = []
+    _write(tree, out)
+    return "".join(out)
+
+
 def dumps(value: Any) -> str:
     """``value`` as the text ``JSON.stringify(JSON.parse(text))`` gives back unchanged.
 
     Accepts what :func:`normalise` accepts (and raises its ``ValidationError``).
     """
-    walk = _Walk(_HARD_DEPTH)
-    tree = walk.value(value, "", 0)
-    if not walk.floats:
-        # Only integers, strings and literals: Python's C encoder writes them as JS does
-        # (same escapes, non-ASCII kept), and the keys are already in JS order.
-        return _compact.encode(tree)
-    out: list[str] = []
-    _write(tree, out)
-    return "".join(out)
+    return _encode(*_walk(value, "", _HARD_DEPTH))
+
+
+def normalise_and_dump(
+    value: Any, *, path: str = "", max_depth: int | None = None, levels_above: int = 0
+) -> tuple[Any, str]:
+    """``(normalise(value), dumps(value))`` in one pass (emit() builds the envelope so).
+
+    ``max_depth`` applies to what lies ``levels_above`` levels down (the envelope's
+    ``data``), and error messages name that limit.
+    """
+    depth = _HARD_DEPTH if max_depth is None else max_depth
+    tree, special = _walk(value, path, depth, levels_above)
+    return tree, _encode(tree, special)
 
 
 def check_size(body: str, what: str = "The event body") -> int:

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from django.apps import apps
+from django.core.exceptions import FieldDoesNotExist
 from django.core.mail import send_mail
 from django.db.models import Model
 from django.db.models.signals import post_delete, post_save, pre_save
@@ -48,12 +49,22 @@ def _ignored(binding: dict[str, Any]) -> set[str]:
     return set(DEFAULT_IGNORE_FIELDS if value is None else value)
 
 
-def _watched_values(instance, watch: list[str]) -> dict[str, Any]:
+def _fields(model, names) -> dict[str, Any]:
+    """{name: field} for the names that are fields of ``model`` (checks.E003 reports the
+    others; a typo in a setting must never make the site's own save() raise)."""
     out = {}
-    for name in watch:
-        field = instance._meta.get_field(name)
-        out[name] = getattr(instance, field.attname)
+    for name in names or ():
+        try:
+            field = model._meta.get_field(name)
+        except FieldDoesNotExist:
+            continue
+        if getattr(field, "attname", None):
+            out[field.name] = field
     return out
+
+
+def _watched_values(instance, watch) -> dict[str, Any]:
+    return {n: getattr(instance, f.attname) for n, f in _fields(type(instance), watch).items()}
 
 
 def _changed(instance, binding: dict[str, Any], update_fields) -> bool:
@@ -64,17 +75,17 @@ def _changed(instance, binding: dict[str, Any], update_fields) -> bool:
     only when one of them changed: told by ``update_fields``, or, for a plain save(), by
     comparing with the values read just before it.
     """
-    watch = binding.get("watch_fields")
+    watch = set(_fields(type(instance), binding.get("watch_fields")))
     if update_fields is not None:
-        touched = {instance._meta.get_field(f).name for f in update_fields}
+        touched = set(_fields(type(instance), update_fields))
         if touched and touched <= _ignored(binding):
             return False
-        if watch and not touched & set(watch):
+        if watch and not touched & watch:
             return False
     if watch:
         before = getattr(instance, "_webhooks_app_before", None)
         if before is not None:
-            return before != _watched_values(instance, list(watch))
+            return before != _watched_values(instance, watch)
     return True
 
 
@@ -107,21 +118,23 @@ def _binding_handler(label: str):
 
     def before_save(sender, instance, raw: bool = False, update_fields=None, **kwargs) -> None:
         binding = _binding(label) or {}
-        watch = binding.get("watch_fields")
         instance.__dict__.pop("_webhooks_app_before", None)
-        if raw or not watch or not binding.get("updated") or instance._state.adding:
+        if raw or not binding.get("updated") or instance._state.adding:
             return
         if update_fields is not None or instance.pk is None:
             return  # update_fields tell what changes
+        watch = _fields(type(instance), binding.get("watch_fields"))
+        if not watch:
+            return
+        names = {f.attname: name for name, f in watch.items()}
         before = (
             type(instance)
             ._base_manager.using(kwargs.get("using"))
             .filter(pk=instance.pk)
-            .values(*[instance._meta.get_field(f).attname for f in watch])
+            .values(*names)
             .first()
         )
         if before is not None:
-            names = {instance._meta.get_field(f).attname: f for f in watch}
             instance._webhooks_app_before = {names[k]: v for k, v in before.items()}
 
     def on_save(

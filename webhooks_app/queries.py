@@ -16,7 +16,7 @@ from typing import Any
 from django.db.models import Count, Min, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
-from .models import Delivery, Endpoint, Subscription
+from .models import Delivery, Endpoint, Event, Subscription
 
 HISTORY_PAGE_SIZE = 50
 # History headers count at most this many rows: exact below, "10,000+" above, so a page
@@ -102,8 +102,14 @@ def filter_deliveries(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     endpoint_id: int | None = None,
+    event: str | None = None,
 ) -> QuerySet[Delivery]:
-    """Narrow a delivery queryset; each argument left ``None`` (or empty) is no filter."""
+    """Narrow a delivery queryset; each argument left ``None`` (or empty) is no filter.
+
+    ``event`` is an event's public id (``evt_...``): "what happened to event X".
+    """
+    if event:
+        queryset = queryset.filter(event__public_id=event)
     if status:
         queryset = queryset.filter(status=status)
     if event_type:
@@ -208,6 +214,68 @@ def history_page(
         older=rows[-1].id if has_older and rows else None,
         first=first,
     )
+
+
+# Events (the event log) ------------------------------------------------------------------
+# What an event list shows: never the body or the data (they may be large).
+EVENT_LIST_COLUMNS = ("id", "public_id", "tenant", "event_type", "created_at")
+
+
+def events(tenant: str | None = None) -> QuerySet[Event]:
+    """Events of ``tenant`` (``None``: every tenant, for staff), newest first.
+
+    Only events that were stored: one no endpoint wanted is written only with
+    ``KEEP_UNROUTED_EVENTS``. Pages are range scans of (tenant[, event_type], -id).
+    """
+    qs = Event.objects.order_by("-id")
+    return qs if tenant is None else qs.filter(tenant=tenant)
+
+
+def filter_events(
+    queryset: QuerySet[Event],
+    *,
+    event_type: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    public_id: str | None = None,
+) -> QuerySet[Event]:
+    """Narrow an event queryset; each argument left ``None`` (or empty) is no filter."""
+    if public_id:
+        queryset = queryset.filter(public_id=public_id)
+    if event_type:
+        queryset = queryset.filter(event_type=event_type)
+    if created_after is not None:
+        queryset = queryset.filter(created_at__gte=created_after)
+    if created_before is not None:
+        queryset = queryset.filter(created_at__lt=created_before)
+    return queryset
+
+
+def event_list_columns(queryset: QuerySet[Event]) -> QuerySet[Event]:
+    return queryset.only(*EVENT_LIST_COLUMNS)
+
+
+def is_event_id(value: Any) -> bool:
+    """Whether ``value`` looks like a public event id (cheap check before a query)."""
+    text = str(value or "")
+    rest = text[4:]
+    return text.startswith("evt_") and 0 < len(rest) <= 36 and rest.isascii() and rest.isalnum()
+
+
+def event_detail(queryset: QuerySet[Event], public_id: Any) -> Event | None:
+    """One event by public id with ``event.delivery_rows``: the deliveries it produced
+    (oldest first, with their endpoints' names), or None."""
+    if not is_event_id(public_id):
+        return None
+    event = queryset.filter(public_id=public_id).first()
+    if event is None:
+        return None
+    event.delivery_rows = list(
+        list_columns(Delivery.objects.filter(event=event, tenant=event.tenant))
+        .select_related("endpoint")
+        .order_by("id")
+    )
+    return event
 
 
 # Stats -----------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ enough for every waiter's next retry to fall inside it. (An explicit WAL checkpo
 between batches was tried: it made the concurrent emit()s slower, 2.6 -> 17.7 ms median.)
 On PostgreSQL the deletes lock only old rows, which nobody writes.
 
-Pending deliveries are never pruned, and neither is an event that still has one.
+Pending deliveries are never pruned, and neither is an event that still has one. Expired
+idempotency keys and old records of bulk recoveries go too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from .conf import app_settings
-from .models import Delivery, DeliveryAttempt, Event, IdempotencyKey
+from .models import Delivery, DeliveryAttempt, Event, IdempotencyKey, Recovery
 
 logger = logging.getLogger("webhooks_app.retention")
 
@@ -187,6 +188,8 @@ def prune(
         time.sleep(pause)
     if not out_of_time():
         result.idempotency_keys = _delete_keys(key_cutoff, batch, pause)
+        # The record of bulk recoveries (a few rows a day; the throttle reads the last hour).
+        Recovery.objects.using(db).filter(created_at__lt=cutoff)._raw_delete(db)
     result.complete = not out_of_time()
     result.seconds = time.monotonic() - started
     logger.info("retention: %s in %.1f s", result, result.seconds)

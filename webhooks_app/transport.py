@@ -264,7 +264,25 @@ class PinnedAdapter(HTTPAdapter):
         if target.scheme == "https":
             pool_kwargs["server_hostname"] = target.host
             pool_kwargs["assert_hostname"] = target.host
-        return self.poolmanager.connection_from_host(**host_params, pool_kwargs=pool_kwargs)
+        manager = self.poolmanager
+        proxy = proxies.get(target.scheme) if proxies else None
+        if proxy:
+            # https: CONNECT to the checked address, then TLS to the host name through
+            # the tunnel; http: the proxy's pool (request_url() names the address).
+            manager = self.proxy_manager_for(proxy)
+            manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        return manager.connection_from_host(**host_params, pool_kwargs=pool_kwargs)
+
+    def request_url(self, request, proxies):
+        """Through a proxy, a plain-http request line names the checked address (the Host
+        header keeps the name), so the proxy cannot resolve the name to another one."""
+        url = super().request_url(request, proxies)
+        target: Target | None = getattr(request, "webhooks_target", None)
+        if target is not None and target.scheme == "http" and proxies and proxies.get("http"):
+            host = str(target.address)
+            host = f"[{host}]" if ":" in host else host
+            url = urlunsplit(urlsplit(url)._replace(netloc=f"{host}:{target.port}"))
+        return url
 
 
 _local = threading.local()
@@ -400,13 +418,15 @@ def _exchange(prepared, started: float, timeout: float, cap: int, elapsed, timed
         # The adapter directly, not Session.send(): the adapter never follows redirects,
         # and what the session adds (cookie jar, hooks, the redirect generator) was 8% of
         # a worker's CPU for nothing we use. Proxies: none; certificates: verified.
+        proxy = app_settings.PROXY
         resp = _adapter().send(
             prepared,
             stream=True,
             timeout=(app_settings.CONNECT_TIMEOUT, timeout),
             verify=True,
             cert=None,
-            proxies={},
+            # Only WEBHOOKS_APP["PROXY"], never the environment's (trust_env is off).
+            proxies={"http": proxy, "https": proxy} if proxy else {},
         )
     except requests.Timeout:
         timed_out.duration_ms = elapsed()
@@ -453,7 +473,12 @@ def _exchange(prepared, started: float, timeout: float, cap: int, elapsed, timed
 _URL_IN_ERROR = re.compile(r"(with )?url: \S+")
 
 
+_CREDENTIALS_IN_URL = re.compile(r"//[^/@\s]+@")
+
+
 def _short(exc: Exception) -> str:
-    """The error without the request's path and query (they may carry tokens)."""
+    """The error without the request's path and query (they may carry tokens), nor the
+    proxy's credentials."""
     text = _URL_IN_ERROR.sub("", str(exc)).strip()
+    text = _CREDENTIALS_IN_URL.sub("//", text)
     return text if len(text) <= 300 else text[:297] + "..."

@@ -234,13 +234,18 @@ class EndpointPagesMixin:
         if status not in Delivery.Status.values:
             status = ""
         event_type = request.GET.get("event_type", "")
+        event = request.GET.get("event", "").strip()
+        if not queries.is_event_id(event):
+            event = ""
         qs = queries.filter_deliveries(
-            queries.deliveries(endpoint=obj), status=status, event_type=event_type
+            queries.deliveries(endpoint=obj), status=status, event_type=event_type, event=event
         )
         before, after = request.GET.get("before", ""), request.GET.get("after", "")
         page = queries.history_page(qs, before=before, after=after)
         rows = page.rows
-        filters = {k: v for k, v in (("status", status), ("event_type", event_type)) if v}
+        filters = {
+            k: v for k, v in (("status", status), ("event_type", event_type), ("event", event)) if v
+        }
 
         def link(**params: Any) -> str:
             return "?" + urlencode({**filters, **params}) if {**filters, **params} else "?"
@@ -285,6 +290,8 @@ class EndpointPagesMixin:
             status_choices=status_choices,
             type_choices=type_choices,
             filtered=bool(filters),
+            event=event,
+            clear_event_url=filter_link("event", ""),
             return_query=request.GET.urlencode(),
         )
         return TemplateResponse(request, "webhooks_app/admin/endpoint/history.html", context)

@@ -67,6 +67,11 @@ class DeliveryFilter(_QueryFilter):
     created_before = serializers.DateTimeField(
         required=False, help_text="Deliveries created before this time (ISO 8601)."
     )
+    event = serializers.RegexField(
+        r"^evt_[A-Za-z0-9]{1,36}$",
+        required=False,
+        help_text="An event id (evt_...): the deliveries that event produced.",
+    )
 
     def filter(self, queryset: QuerySet, values: dict[str, Any]) -> QuerySet:
         return queries.filter_deliveries(
@@ -76,6 +81,7 @@ class DeliveryFilter(_QueryFilter):
             created_after=values.get("created_after"),
             created_before=values.get("created_before"),
             endpoint_id=values.get("endpoint"),
+            event=values.get("event"),
         )
 
 
@@ -85,6 +91,26 @@ class TenantDeliveryFilter(DeliveryFilter):
     endpoint = serializers.IntegerField(
         required=False, min_value=1, max_value=MAX_ID, help_text="An endpoint id."
     )
+
+
+class EventFilter(_QueryFilter):
+    """``GET /events/``: the event log, by type and time."""
+
+    event_type = serializers.CharField(required=False, max_length=100)
+    created_after = serializers.DateTimeField(
+        required=False, help_text="Events created at or after this time (ISO 8601)."
+    )
+    created_before = serializers.DateTimeField(
+        required=False, help_text="Events created before this time (ISO 8601)."
+    )
+
+    def filter(self, queryset: QuerySet, values: dict[str, Any]) -> QuerySet:
+        return queries.filter_events(
+            queryset,
+            event_type=values.get("event_type"),
+            created_after=values.get("created_after"),
+            created_before=values.get("created_before"),
+        )
 
 
 class PreviewQuery(_QueryFilter):

@@ -394,6 +394,30 @@ class DeliveryDetailSerializer(DeliverySerializer):
         return delivery.payload_bytes().decode("utf-8")
 
 
+# Events ----------------------------------------------------------------------------------
+class EventSerializer(serializers.Serializer):
+    id = serializers.CharField(
+        source="public_id", help_text="The event id (evt_...), also sent as webhook-id."
+    )
+    event_type = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class EventDeliverySerializer(DeliverySerializer):
+    endpoint_name = serializers.CharField(source="endpoint.name", read_only=True)
+
+    class Meta(DeliverySerializer.Meta):
+        fields = [*DeliverySerializer.Meta.fields, "endpoint_name"]
+        read_only_fields = fields
+
+
+class EventDetailSerializer(EventSerializer):
+    data = serializers.JSONField(help_text="The event's data as emitted.")
+    deliveries = EventDeliverySerializer(
+        source="delivery_rows", many=True, help_text="The deliveries it produced, oldest first."
+    )
+
+
 # Registry and stats ----------------------------------------------------------------------
 class EventTypeSerializer(serializers.Serializer):
     name = serializers.CharField()
@@ -417,7 +441,7 @@ class PayloadFormatSerializer(serializers.Serializer):
     label = serializers.CharField()
     content_type = serializers.CharField(help_text="The Content-Type of POST bodies.")
     envelope = serializers.BooleanField(
-        help_text='The data is wrapped in keys of the format\'s own (test events add '
+        help_text="The data is wrapped in keys of the format's own (test events add "
         '"test": true beside them).'
     )
     default = serializers.BooleanField(help_text="The site's default format.")

@@ -9,6 +9,7 @@ from .schema import ApiRootView, SchemaView
 router = SimpleRouter()
 router.register("endpoints", views.EndpointViewSet, basename="webhooks-endpoint")
 router.register("deliveries", views.DeliveryViewSet, basename="webhooks-delivery")
+router.register("events", views.EventViewSet, basename="webhooks-event")
 router.register("hooks", views.HookViewSet, basename="webhooks-hook")
 
 urlpatterns = [

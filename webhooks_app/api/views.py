@@ -26,9 +26,15 @@ from rest_framework.serializers import as_serializer_error
 from rest_framework.views import APIView
 
 from .. import events, formats, queries, services
-from ..models import Delivery, Endpoint, new_event_id
+from ..models import Delivery, Endpoint, Event, new_event_id
 from . import serializers as s
-from .filters import DeliveryFilter, EndpointFilter, PreviewQuery, TenantDeliveryFilter
+from .filters import (
+    DeliveryFilter,
+    EndpointFilter,
+    EventFilter,
+    PreviewQuery,
+    TenantDeliveryFilter,
+)
 from .pagination import MAX_ID, IdCursorPagination
 from .parsers import BoundedJSONParser
 from .permissions import HasTenant, api_authentication_classes, api_permission_classes
@@ -380,6 +386,52 @@ class DeliveryViewSet(
             # A delivery still in flight or an inactive endpoint is a state conflict.
             raise Conflict(" ".join(exc.messages)) from None
         return Response(s.DeliverySerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List events",
+        description="The event log of the request's tenant, newest first: events that "
+        "were routed to at least one endpoint (or all, with KEEP_UNROUTED_EVENTS).",
+        parameters=[EventFilter],
+        responses={200: s.EventSerializer(many=True), **BAD_REQUEST, **COMMON_ERRORS},
+    ),
+    retrieve=extend_schema(
+        summary="Get an event with the deliveries it produced",
+        responses={200: s.EventDetailSerializer, **COMMON_ERRORS, **NOT_FOUND},
+    ),
+)
+class EventViewSet(
+    WebhooksAPIMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    """The event log: what happened, and what became of each delivery (by event id)."""
+
+    queryset = Event.objects.none()
+    serializer_class = s.EventSerializer
+    pagination_class = IdCursorPagination
+    lookup_field = "public_id"
+    lookup_url_kwarg = "id"
+
+    def get_queryset(self) -> QuerySet[Event]:
+        return queries.events(self.tenant)
+
+    def filter_queryset(self, queryset: QuerySet) -> QuerySet:
+        queryset = super().filter_queryset(queryset)
+        if self.action == "list":
+            queryset = queries.event_list_columns(
+                EventFilter.apply(queryset, self.request.query_params)
+            )
+        return queryset
+
+    def get_object(self) -> Event:
+        # Public ids (evt_...), not primary keys; another tenant's ids are simply not found.
+        event = queries.event_detail(self.get_queryset(), self.kwargs.get("id"))
+        if event is None:
+            raise Http404
+        return event
+
+    def get_serializer_class(self) -> type:
+        return s.EventDetailSerializer if self.action == "retrieve" else s.EventSerializer
 
 
 class EventTypeListView(WebhooksAPIMixin, APIView):

@@ -10,9 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
-from django.utils.module_loading import import_string
 from django.utils.translation import gettext_lazy as _
 
 from .. import gating
@@ -65,17 +63,7 @@ def default_permission(request: HttpRequest, tenant: str) -> bool:
 
 
 def _permission() -> Any:
-    path = app_settings.PORTAL_PERMISSION
-    if not path:
-        return default_permission
-    if not isinstance(path, str):
-        return path
-    try:
-        return import_string(path)
-    except ImportError as exc:
-        raise ImproperlyConfigured(
-            f"WEBHOOKS_APP['PORTAL_PERMISSION'] = {path!r} cannot be imported: {exc}"
-        ) from exc
+    return gating.load_hook("PORTAL_PERMISSION") or default_permission
 
 
 def portal_access(request: HttpRequest) -> Access:

@@ -28,7 +28,6 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_POST
 
 from .. import events, queries, services, signing
-from ..api.throttling import WebhooksActionThrottle
 from ..conf import app_settings
 from ..models import Delivery, Endpoint
 from . import magic
@@ -76,23 +75,24 @@ def portal_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse
     return wrapped
 
 
-class _PortalThrottle(WebhooksActionThrottle):
-    """The API's per-tenant limit on tests and replays, shared with the API: one budget
-    per tenant, whichever front end sends."""
+def _throttled(request: HttpRequest, tenant: str, scope: str) -> HttpResponse | None:
+    """The API's per-tenant limit on tests and replays, shared with the API (one budget
+    per tenant, whichever front end sends); a 429 page beyond it."""
+    try:
+        from ..api.throttling import WebhooksActionThrottle
+    except ImportError:  # no API extra (DRF) installed: the portal runs without it
+        return None
 
-    def __init__(self, tenant: str, scope: str) -> None:
-        self._tenant = tenant
-        self._view = SimpleNamespace(throttle_scope=scope)
+    class PortalThrottle(WebhooksActionThrottle):
+        def tenant(self, request: Any) -> str | None:
+            return tenant
 
-    def tenant(self, request: Any) -> str | None:
-        return self._tenant
-
-    def refused(self, request: HttpRequest) -> HttpResponse | None:
-        if self.allow_request(request, self._view):
-            return None
-        wait = self.wait()
-        message = _("Too many requests; try again in %(s)d seconds.") % {"s": int(wait or 1) + 1}
-        return _refused(request, message, status=429)
+    throttle = PortalThrottle()
+    if throttle.allow_request(request, SimpleNamespace(throttle_scope=scope)):
+        return None
+    wait = throttle.wait()
+    message = _("Too many requests; try again in %(s)d seconds.") % {"s": int(wait or 1) + 1}
+    return _refused(request, message, status=429)
 
 
 def _endpoint(tenant: str, pk: int) -> Endpoint:
@@ -233,7 +233,7 @@ def endpoint_edit(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
 def endpoint_test(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
     endpoint = _endpoint(tenant, pk)
     if request.method == "POST":
-        throttled = _PortalThrottle(tenant, "test").refused(request)
+        throttled = _throttled(request, tenant, "test")
         if throttled:
             return throttled
         result = services.send_test(endpoint)
@@ -329,7 +329,7 @@ def delivery_detail(request: HttpRequest, tenant: str, pk: int, delivery_id: int
 def delivery_replay(request: HttpRequest, tenant: str, pk: int, delivery_id: int) -> HttpResponse:
     endpoint = _endpoint(tenant, pk)
     delivery = _delivery(endpoint, delivery_id)
-    throttled = _PortalThrottle(tenant, "replay").refused(request)
+    throttled = _throttled(request, tenant, "replay")
     if throttled:
         return throttled
     try:
