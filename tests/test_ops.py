@@ -56,10 +56,16 @@ def test_keep_unrouted_events_keeps_them_for_the_event_log(make_endpoint):
     assert not Delivery.objects.exists()
 
 
-def test_emit_command_reports_an_unrouted_event(capsys):
+def test_emit_command_reports_an_unrouted_event(capsys, make_endpoint):
     call_command("webhooks_emit", "user.created", '{"a": 1}')
     assert "0 delivery(ies) queued" in capsys.readouterr().out
     assert not Event.objects.exists()
+    make_endpoint("http://127.0.0.1:9/hook")
+    for _ in range(2):
+        call_command("webhooks_emit", "user.created", "{}", "--idempotency-key", "cli-1")
+    out = capsys.readouterr().out
+    assert out.count("1 delivery(ies) queued") == 2  # the same event, reported twice
+    assert Event.objects.count() == 1
 
 
 # Emit once ---------------------------------------------------------------------------------

@@ -409,7 +409,7 @@ def clean_idempotency_key(key: Any) -> str:
 def _claim_key(key: str, event, stored: bool, using: str | None):
     """Take ``key`` for ``event``; None if taken, else the first event of the window.
 
-    One statement, ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired RETURNING``: a key
+    One statement, ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired``: a key
     whose window has passed is taken over, a live one is left alone. A concurrent caller
     with the same key waits on the unique index until the first transaction ends (then
     sees its row), so two callers never both create the event. No exception is raised,
@@ -429,7 +429,7 @@ def _claim_key(key: str, event, stored: bool, using: str | None):
     sql = (
         f"INSERT INTO {table} ({', '.join(map(q, cols))}) VALUES (%s, %s, %s, %s, %s, %s) "
         f"ON CONFLICT ({q('tenant')}, {q('key')}) DO UPDATE SET {updates} "
-        f"WHERE {table}.{q('created_at')} < %s RETURNING {q('id')}"
+        f"WHERE {table}.{q('created_at')} < %s"
     )
     params = [
         event.tenant,
@@ -442,7 +442,9 @@ def _claim_key(key: str, event, stored: bool, using: str | None):
     ]
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
-        if cursor.fetchone() is not None:
+        # 1: inserted, or an expired key taken over; 0: a live key (no RETURNING, so
+        # SQLite older than 3.35 works too).
+        if cursor.rowcount == 1:
             return None
     first = IdempotencyKey.objects.using(db).get(tenant=event.tenant, key=key)
     found = Event.objects.using(db).filter(public_id=first.event_public_id).first()

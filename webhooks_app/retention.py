@@ -28,6 +28,8 @@ from .models import Delivery, DeliveryAttempt, Event, IdempotencyKey, Recovery
 
 logger = logging.getLogger("webhooks_app.retention")
 
+SQLITE_TARGET_MS = 20.0
+MIN_BATCH = 25
 SCHEDULE_NAME = "webhooks_app: prune old deliveries"
 SCHEDULE_FUNC = "webhooks_app.tasks.prune"
 
@@ -44,9 +46,10 @@ class PruneResult:
     seconds: float = 0.0
     longest_batch_ms: float = 0.0  # the longest delete transaction (SQLite: write lock)
 
-    def note_batch(self, started: float) -> None:
+    def note_batch(self, started: float) -> float:
         ms = (time.perf_counter() - started) * 1000
         self.longest_batch_ms = max(self.longest_batch_ms, ms)
+        return ms
 
     def __str__(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
@@ -130,6 +133,11 @@ def prune(
         return max_seconds is not None and time.monotonic() - started > max_seconds
 
     locking = connections[db].features.has_select_for_update
+    # On SQLite the batch shrinks while its transaction takes longer than SQLITE_TARGET_MS
+    # (a loaded machine, big rows) and grows back to PRUNE_BATCH_SIZE when it is quick:
+    # the write lock is then held about as long whatever the load.
+    adaptive = connections[db].vendor == "sqlite"
+    size = batch
     for condition in _finished_before(cutoff):
         last_id = 0
         while not out_of_time():
@@ -140,7 +148,7 @@ def prune(
             candidates = list(
                 deliveries.filter(condition, id__gt=last_id)
                 .order_by("id")
-                .values_list("id", flat=True)[:batch]
+                .values_list("id", flat=True)[:size]
             )
             if not candidates:
                 break
@@ -164,7 +172,12 @@ def prune(
                     .exclude(Exists(Delivery.objects.filter(event=OuterRef("pk"))))
                 )
                 result.events += orphans._raw_delete(db)
-            result.note_batch(t0)
+            ms = result.note_batch(t0)
+            if adaptive:
+                if ms > SQLITE_TARGET_MS:
+                    size = max(MIN_BATCH, size // 2)
+                elif ms < SQLITE_TARGET_MS / 2:
+                    size = min(batch, size * 2)
             time.sleep(pause)
     # Events that never had a delivery (KEEP_UNROUTED_EVENTS) or lost them with their
     # endpoint: one pass in id order.
