@@ -141,6 +141,8 @@ def test_admin_event_list_search_and_detail(admin_client, log):
     assert list(r.context["cl"].result_list) == []  # exact ids only
     r = admin_client.get(changelist, {"event_type": "payment.succeeded"})
     assert list(r.context["cl"].result_list) == [payment]
+    r = admin_client.get(changelist, {"tenant": "bob"})
+    assert list(r.context["cl"].result_list) == [log["bobs"]]
     detail = reverse("admin:webhooks_app_event_change", args=[payment.pk])
     html = admin_client.get(detail).content.decode()
     assert "CRM" in html and "Billing" in html and "500" in html

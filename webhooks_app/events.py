@@ -231,7 +231,7 @@ def endpoint_format(endpoint) -> str:
     the standard one, logged, rather than failing the emitting request.
     """
     name = getattr(endpoint, "payload_format", "") or formats.default_name()
-    if name not in formats.payload_formats():
+    if not formats.is_registered(name):
         logger.error(
             "endpoint %s: unknown payload format %r, sending the standard one",
             endpoint.id,
@@ -241,15 +241,17 @@ def endpoint_format(endpoint) -> str:
     return name
 
 
-def endpoint_content_type(endpoint) -> str:
+def endpoint_content_type(endpoint, payload_format: str | None = None) -> str:
     """The Content-Type of ``endpoint``'s bodies, or "" for application/json (and GET)."""
     if endpoint.method != "POST":
         return ""
-    ctype = formats.content_type(endpoint_format(endpoint))
+    ctype = formats.content_type(payload_format or endpoint_format(endpoint))
     return "" if ctype == formats.JSON else ctype
 
 
-def endpoint_body(endpoint, env: dict, data: Any, *, test: bool = False) -> str | None:
+def endpoint_body(
+    endpoint, env: dict, data: Any, *, test: bool = False, payload_format: str | None = None
+) -> str | None:
     """The body for ``endpoint`` if it differs from the standard envelope, else None.
 
     Built in the endpoint's payload format (see formats.py) from the selected fields,
@@ -257,7 +259,7 @@ def endpoint_body(endpoint, env: dict, data: Any, *, test: bool = False) -> str 
     GET endpoints get the same fields flattened into a query string; its exact bytes
     are what is signed.
     """
-    name = endpoint_format(endpoint)
+    name = payload_format or endpoint_format(endpoint)
     custom = endpoint.payload_fields or endpoint.payload_extra
     if not custom and not test and endpoint.method == "POST" and name == formats.STANDARD:
         return None
@@ -381,13 +383,14 @@ def new_delivery(endpoint, event, env: dict, data: Any, *, test: bool = False, *
     """
     from .models import Delivery
 
+    name = endpoint_format(endpoint)
     return Delivery(
         event=event,
         endpoint_id=endpoint.id,
         tenant=event.tenant,
         event_type=event.event_type,
-        body=endpoint_body(endpoint, env, data, test=test),
-        content_type=endpoint_content_type(endpoint),
+        body=endpoint_body(endpoint, env, data, test=test, payload_format=name),
+        content_type=endpoint_content_type(endpoint, name),
         method=endpoint.method,
         **fields,
     )

@@ -16,6 +16,7 @@ from .. import queries
 from ..events import event_types
 from ..models import Event
 from .display import status_badge
+from .filters import TenantFilter
 
 
 class CappedPaginator(Paginator):
@@ -43,7 +44,7 @@ class EventTypeFilter(admin.SimpleListFilter):
 class EventAdmin(admin.ModelAdmin):
     list_display = ["public_id_display", "event_type", "tenant", "created_at"]
     list_display_links = ["public_id_display"]
-    list_filter = [EventTypeFilter]
+    list_filter = [EventTypeFilter, TenantFilter]
     search_fields = ["public_id"]  # matched exactly, see get_search_results
     search_help_text = _("An event id (evt_…), as in the webhook-id header.")
     list_per_page = 50

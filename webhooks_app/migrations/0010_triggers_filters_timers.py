@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('webhooks_app', '0008_payload_format_event_log'),
+        ('webhooks_app', '0009_encrypt_header_values'),
     ]
 
     operations = [
