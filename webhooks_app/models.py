@@ -51,6 +51,8 @@ class Endpoint(models.Model):
     secret_encrypted = models.TextField(editable=False)
     previous_secret_encrypted = models.TextField(blank=True, default="", editable=False)
     previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # {name: encrypted value}: header values often carry credentials (Authorization),
+    # so they are stored encrypted like the secret; see get_headers() / set_headers().
     headers = models.JSONField(_("custom headers"), default=dict, blank=True)
     payload_extra = models.JSONField(_("custom payload values"), default=dict, blank=True)
     payload_fields = models.JSONField(
@@ -67,6 +69,12 @@ class Endpoint(models.Model):
         blank=True,
         default="",
         help_text=_("The shape of the JSON sent; empty: the site's default."),
+    )
+    payload_filter = models.JSONField(
+        _("payload filter"),
+        default=dict,
+        blank=True,
+        help_text=_("Only events matching this filter are delivered; empty: every event."),
     )
     notify_email = models.EmailField(
         _("failure notification email"),
@@ -149,6 +157,26 @@ class Endpoint(models.Model):
             keys.append(crypto.decrypt(self.previous_secret_encrypted))
         return keys
 
+    # Custom headers ----------------------------------------------------------------------
+    def set_headers(self, plain: dict[str, str]) -> None:
+        self.headers = {name: crypto.encrypt(value) for name, value in (plain or {}).items()}
+
+    def get_headers(self) -> dict[str, str]:
+        """The custom headers in plain text (raises ValueError if a value won't decrypt)."""
+        return {name: crypto.decrypt(value) for name, value in (self.headers or {}).items()}
+
+    def masked_headers(self) -> dict[str, str]:
+        """What pages and the API show: ``{"Authorization": "Bearer ••••1a2b"}``."""
+        from .headers import MASK, mask
+
+        shown = {}
+        for name, value in (self.headers or {}).items():
+            try:
+                shown[name] = mask(crypto.decrypt(value))
+            except ValueError:
+                shown[name] = MASK
+        return shown
+
     @property
     def event_types(self) -> list[str]:
         return sorted(s.event_type for s in self.subscriptions.all() if s.enabled)
@@ -183,6 +211,8 @@ class Event(models.Model):
     # every retry and replay sends identical bytes.
     body = models.TextField()
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Sent by send_test() (the Test button / test API): a webhook-test: true header.
+    is_test = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-id"]
@@ -194,6 +224,30 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.public_id}"
+
+
+class InactivityTimer(models.Model):
+    """A pending ``touch()``: its event is emitted once ``due_at`` passes untouched.
+
+    The row is the timer: a worker deletes it and emits the event in one transaction, so
+    a crash either did both or neither, and a restart simply finds the row still due.
+    """
+
+    key = models.CharField(max_length=200, unique=True)
+    tenant = models.CharField(max_length=100, blank=True, default="")
+    event_type = models.CharField(max_length=100)
+    data = models.JSONField(default=dict)
+    idle_seconds = models.FloatField()
+    due_at = models.DateTimeField(db_index=True)
+    # The first touch of this cycle, and the last one.
+    created_at = models.DateTimeField(default=timezone.now)
+    touched_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["due_at"]
+
+    def __str__(self) -> str:
+        return f"{self.key} → {self.event_type} at {self.due_at:%Y-%m-%d %H:%M:%S}"
 
 
 class Delivery(models.Model):

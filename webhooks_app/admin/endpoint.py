@@ -32,6 +32,7 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
     save_as = False
     fieldsets = [
         (None, {"fields": ["name", "description", "url", "is_active", "events"]}),
+        (_("Filter"), {"fields": ["payload_filter"]}),
         (
             _("Request"),
             {
@@ -53,6 +54,7 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
     ]
     add_fieldsets = [
         (None, {"fields": ["name", "description", "url", "is_active", "events", "secret"]}),
+        (_("Filter"), {"fields": ["payload_filter"]}),
         (
             _("Request"),
             {
@@ -84,7 +86,29 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
 
     # Forms --------------------------------------------------------------------------------
     def get_fieldsets(self, request, obj=None):
-        return self.add_fieldsets if obj is None else super().get_fieldsets(request, obj)
+        if obj is None:
+            return self.add_fieldsets
+        fieldsets = super().get_fieldsets(request, obj)
+        if not self.has_change_permission(request, obj):
+            # Read-only pages render model fields as stored: show header values masked.
+            fieldsets = [
+                (
+                    title,
+                    {
+                        **opts,
+                        "fields": [
+                            "masked_headers" if f == "headers" else f for f in opts["fields"]
+                        ],
+                    },
+                )
+                for title, opts in fieldsets
+            ]
+        return fieldsets
+
+    @admin.display(description=_("custom headers"))
+    def masked_headers(self, obj: Endpoint) -> str:
+        shown = obj.masked_headers()
+        return ", ".join(f"{k}: {v}" for k, v in shown.items()) or "—"
 
     def get_readonly_fields(self, request, obj=None):
         return [] if obj is None else super().get_readonly_fields(request, obj)
@@ -263,6 +287,8 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
         prefix = f"{self.opts.app_label}_{self.opts.model_name}"
         wrap = self.admin_site.admin_view
         return [
+            # Before the object URLs: "<path:object_id>/" would take "event-types/".
+            path("event-types/", wrap(self.event_types_view), name=f"{prefix}_event_types"),
             path("<path:object_id>/test/", wrap(self.test_view), name=f"{prefix}_test"),
             path("<path:object_id>/preview/", wrap(self.preview_view), name=f"{prefix}_preview"),
             path(
