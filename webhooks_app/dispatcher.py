@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
-from . import engine, notices
+from . import engine, notices, timers
 from .conf import app_settings
 
 logger = logging.getLogger("webhooks_app.dispatcher")
@@ -79,7 +79,17 @@ class Dispatcher:
 
     # Loop -----------------------------------------------------------------------------
     def _run(self) -> None:
+        next_timers = 0.0
         while not self._stop.is_set():
+            # Inactivity timers (touch()) at most once per poll interval, not on every
+            # wake-up: their deadlines need seconds, not milliseconds.
+            if time.monotonic() >= next_timers:
+                next_timers = time.monotonic() + app_settings.POLL_INTERVAL
+                try:
+                    timers.fire_due()
+                except Exception:
+                    logger.exception("firing inactivity timers failed; retrying next poll")
+                    close_old_connections()
             try:
                 self._fire_timers()
                 self.pump()

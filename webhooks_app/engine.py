@@ -501,6 +501,8 @@ def request_headers(
     value, for a custom header that cannot be sent."""
     endpoint = delivery.endpoint
     headers = {"User-Agent": USER_AGENT, "X-Webhook-Event": delivery.event_type}
+    if delivery.event.is_test:
+        headers["webhook-test"] = "true"  # send_test(): receivers can skip side effects
     if delivery.send_method() == Endpoint.Method.POST:
         headers["Content-Type"] = delivery.content_type or "application/json"
     if custom is None:

@@ -214,8 +214,10 @@ class EndpointViewSet(
 
     @extend_schema(
         summary="Send a test webhook now",
-        description="Sends a `webhook.test` event synchronously and reports the outcome; "
-        "recorded in the endpoint's history. A receiver's failure is still a 200 here.",
+        description="Sends a test event synchronously and reports the outcome: "
+        "`webhook.test`, or `event_type` with that type's example payload. Marked as a "
+        'test (`webhook-test: true` header, `"test": true` in the envelope) and recorded '
+        "in the endpoint's history. A receiver's failure is still a 200 here.",
         request=s.TestRequestSerializer,
         responses={
             200: s.TestResultSerializer,
@@ -229,7 +231,9 @@ class EndpointViewSet(
     def test(self, request: Request, pk: str | None = None) -> Response:
         endpoint = self.get_object()
         values = _validated(s.TestRequestSerializer, request)
-        result = services.send_test(endpoint, values.get("data"))
+        result = services.send_test(
+            endpoint, values.get("data"), event_type=values.get("event_type", events.TEST_EVENT)
+        )
         return Response(s.TestResultSerializer(result).data)
 
     @extend_schema(
@@ -431,19 +435,22 @@ class EventViewSet(
 
 
 class EventTypeListView(WebhooksAPIMixin, APIView):
-    """The event types endpoints can subscribe to, with descriptions and examples."""
+    """The event catalogue: every type with its description, group, example and schema."""
 
     @extend_schema(
-        summary="List event types",
+        summary="List event types (the catalogue)",
         responses={200: s.EventTypeSerializer(many=True), **COMMON_ERRORS},
     )
     def get(self, request: Request) -> Response:
         rows = [
             {
                 "name": name,
-                "description": info.get("description", ""),
-                "example": info.get("example", {}),
-                "subscribable": name != events.TEST_EVENT,
+                "description": info["description"],
+                "group": info["group"],
+                "example": info["example"],
+                "schema": info["schema"],
+                "deprecated": info["deprecated"],
+                "subscribable": name != events.TEST_EVENT and not info["deprecated"],
             }
             for name, info in sorted(events.event_types().items())
         ]
