@@ -8,8 +8,10 @@ import json
 from django.contrib import admin
 from django.core.paginator import Paginator
 from django.urls import reverse
+from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
+from django.utils.timezone import localtime
 from django.utils.translation import gettext_lazy as _
 
 from .. import queries
@@ -107,7 +109,9 @@ class EventAdmin(admin.ModelAdmin):
                     status_badge(d.status),
                     d.last_status_code or "—",
                     d.attempts,
-                    d.last_attempt_at or "—",
+                    date_format(localtime(d.last_attempt_at), "DATETIME_FORMAT")
+                    if d.last_attempt_at
+                    else "—",
                 )
                 for d in rows
             ),
