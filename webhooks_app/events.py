@@ -19,7 +19,7 @@ from urllib.parse import urlencode, urlsplit
 from django.core.exceptions import ValidationError
 from django.db import connections, router, transaction
 
-from . import formats, jsonenc
+from . import formats, jsonenc, routing
 from .conf import app_settings
 from .transport import wire_query
 
@@ -346,7 +346,10 @@ def emit(
     # ValidationError leaves the caller's transaction usable.
     event, env = new_event(event_type, data, tenant)
     data = event.data
-    endpoints = subscribed_endpoints(tenant, event_type, using=using)
+    # Cached per process until an endpoint or subscription changes (routing.py).
+    endpoints = routing.cached(
+        using, (tenant, event_type), lambda: subscribed_endpoints(tenant, event_type, using=using)
+    )
     now = event.created_at
     due = now + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])
     deliveries = [
