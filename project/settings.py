@@ -153,7 +153,7 @@ WEBHOOKS_APP = {
         float(s) for s in env.list("WEBHOOKS_RETRY_SCHEDULE", default=["0", "2", "4", "8", "16"])
     ],
     "TIMEOUT": env.float("WEBHOOKS_TIMEOUT", default=30.0),
-    "LEASE_SECONDS": env.float("WEBHOOKS_LEASE_SECONDS", default=8.0),
+    "LEASE_SECONDS": env.float("WEBHOOKS_LEASE_SECONDS", default=6.0),
     "POLL_INTERVAL": env.float("WEBHOOKS_POLL_INTERVAL", default=0.5),
     "SENDER_THREADS": env.int("WEBHOOKS_SENDER_THREADS", default=8),
     "AUTO_DISABLE_AFTER": env.int("WEBHOOKS_AUTO_DISABLE_AFTER", default=0),

@@ -134,7 +134,7 @@ def test_add_form_groups_events_and_hides_the_test_event(admin_client):
 def test_create_shows_generated_secret_once(admin_client, receiver):
     endpoint, secret = create_via_admin(admin_client, receiver.url())
     assert secret.startswith("whsec_") and endpoint.get_secret() == secret
-    assert endpoint.headers == {"X-Team": "crm"}
+    assert endpoint.get_headers() == {"X-Team": "crm"}
     assert endpoint.payload_extra == {"source": "admin", "count": 3}
     assert endpoint.payload_fields == ["email", "id"]
     assert endpoint.event_types == ["user.created", "user.updated"]

@@ -230,6 +230,32 @@ def story(page, receiver) -> None:
     visit_html()
     shot(page, "14_delivery_replayed")
 
+    # Preview: what the endpoint would get for another type's example -----------------------
+    page.click("#content-main .object-tools a:has-text('Preview')")
+    page.select_option("#wh-preview-type", "payment.succeeded")
+    page.click(".wh-preview-form input[type=submit]")
+    expect(page.locator("#wh-preview-body")).to_contain_text('"event":"payment.succeeded"')
+    expect(page.locator("#wh-preview-headers")).to_contain_text("v1,••••••••")
+    visit_html()
+    shot(page, "14b_preview")
+
+    # Event log: find the event by id, see its delivery, jump to the filtered history ------
+    page.goto("/admin/webhooks_app/event/")
+    page.fill("#searchbar", failed.event.public_id)
+    page.press("#searchbar", "Enter")
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+    page.click(f"#result_list a:has-text('{failed.event.public_id}')")
+    expect(page.locator(".wh-event-deliveries")).to_contain_text("Success")
+    shot(page, "14c_event")
+    page.click(".wh-event-deliveries a:has-text('CRM sync')")
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+    expect(page.locator("#wh-event-filter input[name=event]")).to_have_value(
+        failed.event.public_id
+    )
+    visit_html()
+    shot(page, "14d_history_by_event")
+    page.goto(f"/admin/webhooks_app/endpoint/{failed.endpoint_id}/change/")
+
     # Delete ------------------------------------------------------------------------------
     page.click("text=Webhook endpoints >> nth=0")
     page.click("#result_list a:has-text('CRM sync')")

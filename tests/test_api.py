@@ -125,7 +125,8 @@ def test_create_with_own_secret_and_options(client):
     body = r.json()
     assert body["secret"] == secret
     assert body["method"] == "GET" and body["is_active"] is False
-    assert body["headers"] == {"X-Api-Key": "k"}
+    assert body["headers"] == {"X-Api-Key": "••••"}  # stored encrypted, shown masked
+    assert Endpoint.objects.get(pk=body["id"]).get_headers() == {"X-Api-Key": "k"}
     assert body["payload_extra"] == {"source": "crm"} and body["payload_fields"] == ["id"]
     assert Endpoint.objects.get(pk=body["id"]).get_secret() == secret
 

@@ -375,3 +375,18 @@ def test_a_typo_in_watch_fields_is_reported_and_never_breaks_a_save(make_endpoin
         user.email = "t@example.com"
         user.save()  # no exception; with no valid watched field every update counts
     assert Event.objects.filter(event_type="user.updated").count() == 1
+
+
+def test_rows_from_before_the_method_column_are_sent_as_their_body_was_built():
+    assert Delivery(method="", body=None).send_method() == "POST"  # the envelope
+    assert Delivery(method="", body='{"id":"evt_1"}').send_method() == "POST"  # custom JSON
+    assert Delivery(method="", body="id=evt_1&event=x").send_method() == "GET"
+    assert Delivery(method="GET", body=None).send_method() == "GET"
+
+
+@pytest.mark.django_db
+def test_get_queries_write_numbers_as_json_bodies_do(make_endpoint):
+    make_endpoint("http://127.0.0.1:9/hook", method="GET")
+    event = emit("user.created", {"ratio": 2.0, "n": 1e-7, "big": 1e21, "z": -0.0, "10": 1})
+    query = Delivery.objects.get(event=event).body
+    assert query.endswith("&data.10=1&data.ratio=2&data.n=1e-7&data.big=1e%2B21&data.z=0")

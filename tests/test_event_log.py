@@ -141,6 +141,8 @@ def test_admin_event_list_search_and_detail(admin_client, log):
     assert list(r.context["cl"].result_list) == []  # exact ids only
     r = admin_client.get(changelist, {"event_type": "payment.succeeded"})
     assert list(r.context["cl"].result_list) == [payment]
+    r = admin_client.get(changelist, {"tenant": "bob"})
+    assert list(r.context["cl"].result_list) == [log["bobs"]]
     detail = reverse("admin:webhooks_app_event_change", args=[payment.pk])
     html = admin_client.get(detail).content.decode()
     assert "CRM" in html and "Billing" in html and "500" in html
@@ -165,3 +167,27 @@ def test_admin_history_filters_by_event_id(admin_client, log):
     assert 'id="wh-event-filter"' in html and log["payment"].public_id in html
     r = admin_client.get(history)
     assert len(r.context["rows"]) == 3
+
+
+def test_awkward_inputs_are_400_or_404_never_500(api, alice, make_endpoint, receiver):
+    """On SQLite and PostgreSQL: NUL, non-ASCII, huge and wrongly typed values."""
+    endpoint, _ = make_endpoint(receiver.url(), tenant=str(alice.pk))
+    awkward = ["\x00", "evt_\x00", "évt_ü", "evt_" + "a" * 5000, "%", "' OR 1=1 --"]
+    for value in awkward:
+        for url, params in (
+            (f"{API}/events/", {"event_type": value}),
+            (f"{API}/events/", {"created_after": value}),
+            (f"{API}/deliveries/", {"event": value}),
+            (f"{API}/endpoints/{endpoint.pk}/deliveries/", {"event": value}),
+            (f"{API}/endpoints/{endpoint.pk}/preview/", {"event_type": value}),
+        ):
+            r = api.get(url, params)
+            assert r.status_code in (200, 400), (url, value, r.status_code)
+            if r.status_code == 200 and "results" in r.json():
+                assert r.json()["results"] == []
+        assert api.get(f"{API}/events/{value}/").status_code == 404
+    for value in (123, None, [], {"a": 1}, "\x00", "x" * 1000, "ünïcode"):
+        r = api.patch(f"{API}/endpoints/{endpoint.pk}/", {"payload_format": value}, format="json")
+        assert r.status_code == 400 and "payload_format" in r.json(), value
+    endpoint.refresh_from_db()
+    assert endpoint.payload_format == ""

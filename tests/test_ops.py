@@ -56,10 +56,16 @@ def test_keep_unrouted_events_keeps_them_for_the_event_log(make_endpoint):
     assert not Delivery.objects.exists()
 
 
-def test_emit_command_reports_an_unrouted_event(capsys):
+def test_emit_command_reports_an_unrouted_event(capsys, make_endpoint):
     call_command("webhooks_emit", "user.created", '{"a": 1}')
     assert "0 delivery(ies) queued" in capsys.readouterr().out
     assert not Event.objects.exists()
+    make_endpoint("http://127.0.0.1:9/hook")
+    for _ in range(2):
+        call_command("webhooks_emit", "user.created", "{}", "--idempotency-key", "cli-1")
+    out = capsys.readouterr().out
+    assert out.count("1 delivery(ies) queued") == 2  # the same event, reported twice
+    assert Event.objects.count() == 1
 
 
 # Emit once ---------------------------------------------------------------------------------
@@ -523,3 +529,29 @@ def test_bad_operations_settings_fail_the_system_check(changes, check_id):
     assert check_operations() == []
     with webhooks(**changes):
         assert [e.id for e in check_operations()] == [check_id]
+
+
+def test_two_concurrent_recoveries_pass_the_throttle_once(make_endpoint):
+    endpoint, _ = make_endpoint("http://127.0.0.1:9/hook", tenant="acme")
+    since = timezone.now() - timedelta(hours=1)
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def click():
+        try:
+            barrier.wait(5)
+            services.recover(endpoint, since=since)
+            outcomes.append("ok")
+        except services.RecoverThrottled:
+            outcomes.append("throttled")
+        finally:
+            connection.close()
+
+    with webhooks(RECOVER_RATE="1/hour"):
+        threads = [threading.Thread(target=click) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+    assert sorted(outcomes) == ["ok", "throttled"]
+    assert Recovery.objects.count() == 1

@@ -120,6 +120,17 @@ def check_settings(app_configs=None, **kwargs):
                         id="webhooks_app.W002",
                     )
                 )
+    if not app_settings.ENCRYPTION_KEYS and not settings.DEBUG:
+        problems.append(
+            Warning(
+                "WEBHOOKS_APP['ENCRYPTION_KEYS'] is not set: endpoint secrets and header "
+                "values are encrypted with a key derived from SECRET_KEY.",
+                hint="Set ENCRYPTION_KEYS (Fernet.generate_key()) so that changing "
+                "SECRET_KEY cannot make them unreadable; keep the old SECRET_KEY in "
+                "SECRET_KEY_FALLBACKS until `manage.py webhooks_rotate_keys` has run.",
+                id="webhooks_app.W003",
+            )
+        )
     return problems
 
 

@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
     # heartbeat, about every third of this) while it sends, however long a send takes;
     # a killed worker stops renewing, and its deliveries are sent again by another
     # worker once this runs out: crash recovery in seconds, not minutes.
-    "LEASE_SECONDS": 8.0,
+    "LEASE_SECONDS": 6.0,
     # Body bytes one worker holds at a time (claimed, queued or being sent); at least one
     # delivery is always claimed, however large. Keeps worker memory flat with big events.
     "CLAIM_MAX_BYTES": 8 * 1024 * 1024,
@@ -124,6 +124,11 @@ DEFAULTS: dict[str, Any] = {
     # services.recover() (admin, API, command): bulk recoveries per tenant, "N/period"
     # with period second, minute, hour or day. None: unlimited.
     "RECOVER_RATE": "10/hour",
+    # Per endpoint: the custom payload values' size (bytes of their JSON), since they are
+    # copied into every delivery row of that endpoint. 0: no limit.
+    "MAX_PAYLOAD_EXTRA_BYTES": 8192,
+    # Endpoints one tenant may have (each emit writes a row per endpoint). 0: no limit.
+    "MAX_ENDPOINTS_PER_TENANT": 100,
     # The metrics view (webhooks_app.metrics.urls) answers only requests carrying
     # "Authorization: Bearer <token>" when set; None: whoever reaches the URL.
     "METRICS_TOKEN": None,
@@ -353,6 +358,14 @@ class AppSettings:
                 "hour or day)."
             )
         return int(number), float(seconds)
+
+    @property
+    def MAX_PAYLOAD_EXTRA_BYTES(self) -> int:
+        return max(0, int(self._get("MAX_PAYLOAD_EXTRA_BYTES") or 0))
+
+    @property
+    def MAX_ENDPOINTS_PER_TENANT(self) -> int:
+        return max(0, int(self._get("MAX_ENDPOINTS_PER_TENANT") or 0))
 
     @property
     def METRICS_TOKEN(self) -> str | None:

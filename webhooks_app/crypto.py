@@ -1,4 +1,4 @@
-"""Encryption of endpoint secrets at rest (Fernet; keys from settings, read live)."""
+"""Encryption of endpoint secrets and header values at rest (Fernet; keys read live)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,19 @@ from django.conf import settings
 from .conf import app_settings
 
 
+def _derived_key(secret_key: str) -> str:
+    digest = hashlib.sha256(b"webhooks_app.secret-at-rest:" + secret_key.encode())
+    return base64.urlsafe_b64encode(digest.digest()).decode()
+
+
 def _fernet() -> MultiFernet:
     keys = app_settings.ENCRYPTION_KEYS
     if not keys:
-        # A key derived from SECRET_KEY, so a default install needs no extra setting.
-        # Sites that rotate SECRET_KEY should set ENCRYPTION_KEYS explicitly.
-        digest = hashlib.sha256(b"webhooks_app.secret-at-rest:" + settings.SECRET_KEY.encode())
-        keys = [base64.urlsafe_b64encode(digest.digest()).decode()]
+        # Keys derived from SECRET_KEY, so a default install needs no extra setting; the
+        # SECRET_KEY_FALLBACKS still decrypt, so rotating SECRET_KEY the Django way keeps
+        # secrets readable until `manage.py webhooks_rotate_keys` re-encrypts them.
+        fallbacks = getattr(settings, "SECRET_KEY_FALLBACKS", None) or []
+        keys = [_derived_key(k) for k in [settings.SECRET_KEY, *fallbacks]]
     return MultiFernet([Fernet(k) for k in keys])
 
 
@@ -32,5 +38,14 @@ def decrypt(token: str) -> str:
         return _fernet().decrypt(token.encode("ascii")).decode("utf-8")
     except (InvalidToken, ValueError):
         raise ValueError(
-            "An endpoint secret could not be decrypted: check WEBHOOKS_APP['ENCRYPTION_KEYS']."
+            "An endpoint secret could not be decrypted: check WEBHOOKS_APP['ENCRYPTION_KEYS'] "
+            "(or SECRET_KEY_FALLBACKS, if SECRET_KEY changed)."
         ) from None
+
+
+def reencrypt(token: str) -> str:
+    """``token`` encrypted again with the first key (ValueError if no key decrypts it)."""
+    try:
+        return _fernet().rotate(token.encode("ascii")).decode("ascii")
+    except (InvalidToken, ValueError):
+        raise ValueError("A stored value could not be decrypted with any configured key.") from None

@@ -36,6 +36,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from . import __version__, gating, signals, signing, transport
+from . import headers as headers_policy
 from .conf import app_settings
 from .events import TEST_EVENT
 from .models import Delivery, DeliveryAttempt, Endpoint
@@ -306,22 +307,26 @@ def claim(
                     ).update(next_attempt_at=lease_until, claim_token=token)
     if not ids:
         return token, []
-    rows = list(
-        Delivery.objects.using(db)
-        .filter(id__in=ids, claim_token=token)
-        .select_related("event")
-        .defer("event__data")
-    )
-    # In the order they were due (the lease overwrote their due times), ordered
-    # endpoints' runs in emit order: each endpoint's chunk is sent in this order.
-    position = {row_id: i for i, row_id in enumerate(ids)}
-    rows.sort(key=lambda r: position[r.id])
-    # One Endpoint object per endpoint, not one per row: building it (JSON and datetime
-    # columns) for every row of a claim cost as much as the rows themselves.
-    endpoints = Endpoint.objects.using(db).in_bulk({r.endpoint_id for r in rows})
-    rows = [r for r in rows if r.endpoint_id in endpoints]  # (an endpoint deleted meanwhile)
-    for row in rows:
-        row.endpoint = endpoints[row.endpoint_id]
+    try:
+        rows = list(
+            Delivery.objects.using(db)
+            .filter(id__in=ids, claim_token=token)
+            .select_related("event")
+            .defer("event__data")
+        )
+        # In the order they were due (the lease overwrote their due times), ordered
+        # endpoints' runs in emit order: each endpoint's chunk is sent in this order.
+        position = {row_id: i for i, row_id in enumerate(ids)}
+        rows.sort(key=lambda r: position[r.id])
+        # One Endpoint object per endpoint, not one per row: building it (JSON and datetime
+        # columns) for every row of a claim cost as much as the rows themselves.
+        endpoints = Endpoint.objects.using(db).in_bulk({r.endpoint_id for r in rows})
+        rows = [r for r in rows if r.endpoint_id in endpoints]  # (an endpoint deleted meanwhile)
+        for row in rows:
+            row.endpoint = endpoints[row.endpoint_id]
+    except Exception:
+        release(token, ids)  # claimed but never handed to anyone
+        raise
     for row in rows:
         row.claim_bytes = sizes.get(row.id, 0)
         row.not_before = slots.get(row.id)
@@ -488,12 +493,23 @@ def release(token: str, ids: Iterable[int]) -> None:
     _update_claimed(token, ids, next_attempt_at=timezone.now())
 
 
-def request_headers(delivery: Delivery, body: bytes, keys: list[str]) -> dict[str, str]:
+def request_headers(
+    delivery: Delivery, body: bytes, keys: list[str], custom: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Every header of one request. ``custom``: the endpoint's decrypted custom headers
+    (decrypted here when not given). Raises ValueError, naming the header but never its
+    value, for a custom header that cannot be sent."""
     endpoint = delivery.endpoint
     headers = {"User-Agent": USER_AGENT, "X-Webhook-Event": delivery.event_type}
     if delivery.send_method() == Endpoint.Method.POST:
         headers["Content-Type"] = delivery.content_type or "application/json"
-    headers.update({str(k): str(v) for k, v in (endpoint.headers or {}).items()})
+    if custom is None:
+        custom = endpoint.get_headers()
+    for name, value in custom.items():
+        problem = headers_policy.name_problem(name) or headers_policy.value_problem(name, value)
+        if problem:
+            raise ValueError(f"{problem} Edit the endpoint's custom headers.")
+        headers[name] = value
     headers.update(
         signing.sign_headers(
             keys,
@@ -523,7 +539,9 @@ def wire(delivery: Delivery) -> tuple[str, bytes]:
     return method, body
 
 
-def attempt(delivery: Delivery, keys: list[str]) -> Outcome:
+def attempt(
+    delivery: Delivery, keys: list[str], custom_headers: dict[str, str] | None = None
+) -> Outcome:
     """Send one delivery (no database access)."""
     method, body = wire(delivery)
     started_at = timezone.now()
@@ -531,7 +549,7 @@ def attempt(delivery: Delivery, keys: list[str]) -> Outcome:
         method,
         delivery.endpoint.url,
         body=body,
-        headers=request_headers(delivery, body, keys),
+        headers=request_headers(delivery, body, keys, custom_headers),
     )
     return Outcome(delivery, response, started_at)
 
@@ -869,20 +887,32 @@ def fail_unsent(token: str, ids: Iterable[int], reason: str) -> None:
     )
 
 
-def _safe_attempt(d: Delivery, keys_by_endpoint: dict[int, list[str]]) -> Outcome:
-    """``attempt()``, turning any unexpected error into a recorded, final failure, so a
-    claimed row is never left stranded (e.g. a secret that no longer decrypts)."""
+def safe_attempt(d: Delivery, cache: dict[int, tuple] | None = None) -> Outcome:
+    """``attempt()``, turning any error into a recorded, final failure with a clear
+    message, so a claimed row is never left stranded (e.g. a secret that no longer
+    decrypts, a header that cannot be sent). ``cache`` keeps each endpoint's decrypted
+    keys and headers for the rest of a chunk."""
     started_at = timezone.now()
+    cache = {} if cache is None else cache
     try:
-        keys = keys_by_endpoint.get(d.endpoint_id)
-        if keys is None:
-            keys = keys_by_endpoint[d.endpoint_id] = d.endpoint.signing_secrets()
-        return attempt(d, keys)
+        prepared = cache.get(d.endpoint_id)
+        if prepared is None:
+            prepared = cache[d.endpoint_id] = (
+                d.endpoint.signing_secrets(),
+                d.endpoint.get_headers(),
+            )
+        return attempt(d, *prepared)
     except Exception as exc:
         logger.exception("delivery %s could not be attempted", d.id)
-        message = str(exc) if isinstance(exc, ValueError) else type(exc).__name__
-        r = transport.Response(None, 0, error=f"internal error: {message}", permanent=True)
+        if isinstance(exc, ValueError) and not isinstance(exc, UnicodeError):
+            message = f"not sent: {exc}"
+        else:
+            message = f"internal error: {type(exc).__name__}"
+        r = transport.Response(None, 0, error=message, permanent=True)
         return Outcome(d, r, started_at)
+
+
+_safe_attempt = safe_attempt
 
 
 def deliver_chunk(
@@ -909,7 +939,7 @@ def deliver_chunk(
     if not deliveries:
         return False
     outcomes: list[Outcome] = []
-    keys_by_endpoint: dict[int, list[str]] = {}
+    keys_by_endpoint: dict[int, tuple] = {}
     remaining = list(deliveries)
     disabled: list[Delivery] = []
     gated: list[Delivery] = []
@@ -962,7 +992,8 @@ def deliver_chunk(
             finally:
                 # Handed back: never started, or attempted but not recorded (then sent
                 # again: at least once). Rows another owner holds are not touched.
-                done = {o.delivery.id for o in recorded} | {d.id for d in disabled + gated}
+                # (Rows already recorded or failed no longer carry the token.)
+                done = {o.delivery.id for o in recorded}
                 back = [d.id for d in deliveries if d.id not in done]
                 try:
                     release(token, back)

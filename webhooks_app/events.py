@@ -120,7 +120,7 @@ def endpoint_format(endpoint) -> str:
     the standard one, logged, rather than failing the emitting request.
     """
     name = getattr(endpoint, "payload_format", "") or formats.default_name()
-    if name not in formats.payload_formats():
+    if not formats.is_registered(name):
         logger.error(
             "endpoint %s: unknown payload format %r, sending the standard one",
             endpoint.id,
@@ -130,15 +130,17 @@ def endpoint_format(endpoint) -> str:
     return name
 
 
-def endpoint_content_type(endpoint) -> str:
+def endpoint_content_type(endpoint, payload_format: str | None = None) -> str:
     """The Content-Type of ``endpoint``'s bodies, or "" for application/json (and GET)."""
     if endpoint.method != "POST":
         return ""
-    ctype = formats.content_type(endpoint_format(endpoint))
+    ctype = formats.content_type(payload_format or endpoint_format(endpoint))
     return "" if ctype == formats.JSON else ctype
 
 
-def endpoint_body(endpoint, env: dict, data: Any, *, test: bool = False) -> str | None:
+def endpoint_body(
+    endpoint, env: dict, data: Any, *, test: bool = False, payload_format: str | None = None
+) -> str | None:
     """The body for ``endpoint`` if it differs from the standard envelope, else None.
 
     Built in the endpoint's payload format (see formats.py) from the selected fields,
@@ -146,7 +148,7 @@ def endpoint_body(endpoint, env: dict, data: Any, *, test: bool = False) -> str 
     GET endpoints get the same fields flattened into a query string; its exact bytes
     are what is signed.
     """
-    name = endpoint_format(endpoint)
+    name = payload_format or endpoint_format(endpoint)
     custom = endpoint.payload_fields or endpoint.payload_extra
     if not custom and not test and endpoint.method == "POST" and name == formats.STANDARD:
         return None
@@ -236,13 +238,14 @@ def new_delivery(endpoint, event, env: dict, data: Any, *, test: bool = False, *
     """
     from .models import Delivery
 
+    name = endpoint_format(endpoint)
     return Delivery(
         event=event,
         endpoint_id=endpoint.id,
         tenant=event.tenant,
         event_type=event.event_type,
-        body=endpoint_body(endpoint, env, data, test=test),
-        content_type=endpoint_content_type(endpoint),
+        body=endpoint_body(endpoint, env, data, test=test, payload_format=name),
+        content_type=endpoint_content_type(endpoint, name),
         method=endpoint.method,
         **fields,
     )
@@ -264,7 +267,7 @@ def clean_idempotency_key(key: Any) -> str:
 def _claim_key(key: str, event, stored: bool, using: str | None):
     """Take ``key`` for ``event``; None if taken, else the first event of the window.
 
-    One statement, ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired RETURNING``: a key
+    One statement, ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired``: a key
     whose window has passed is taken over, a live one is left alone. A concurrent caller
     with the same key waits on the unique index until the first transaction ends (then
     sees its row), so two callers never both create the event. No exception is raised,
@@ -284,7 +287,7 @@ def _claim_key(key: str, event, stored: bool, using: str | None):
     sql = (
         f"INSERT INTO {table} ({', '.join(map(q, cols))}) VALUES (%s, %s, %s, %s, %s, %s) "
         f"ON CONFLICT ({q('tenant')}, {q('key')}) DO UPDATE SET {updates} "
-        f"WHERE {table}.{q('created_at')} < %s RETURNING {q('id')}"
+        f"WHERE {table}.{q('created_at')} < %s"
     )
     params = [
         event.tenant,
@@ -297,7 +300,9 @@ def _claim_key(key: str, event, stored: bool, using: str | None):
     ]
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
-        if cursor.fetchone() is not None:
+        # 1: inserted, or an expired key taken over; 0: a live key (no RETURNING, so
+        # SQLite older than 3.35 works too).
+        if cursor.rowcount == 1:
             return None
     first = IdempotencyKey.objects.using(db).get(tenant=event.tenant, key=key)
     found = Event.objects.using(db).filter(public_id=first.event_public_id).first()

@@ -236,6 +236,11 @@ def unregister_payload_format(name: str) -> None:
         _formats.pop(name, None)
 
 
+def is_registered(name: str) -> bool:
+    """Whether ``name`` is a format endpoints can choose (no copy: emit() asks per row)."""
+    return name in _formats
+
+
 def payload_formats() -> dict[str, PayloadFormat]:
     """Every format endpoints can choose, by name."""
     return dict(_formats)

@@ -184,6 +184,9 @@ def notify(endpoint, subject: str, body: str) -> None:
     (notices are sent from sender threads and on-commit hooks)."""
     if not endpoint.notify_email:
         return
+    # Django refuses a header with a line break (BadHeaderError): an endpoint name with
+    # a newline must not silently drop the notice, so the subject becomes one line.
+    subject = " ".join(str(subject).split())[:200]
     try:
         send_mail(subject, body, None, [endpoint.notify_email])
     except Exception as exc:

@@ -156,6 +156,8 @@ class Endpoint(RoutingWrites):
     secret_encrypted = models.TextField(editable=False)
     previous_secret_encrypted = models.TextField(blank=True, default="", editable=False)
     previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # {name: encrypted value}: header values often carry credentials (Authorization),
+    # so they are stored encrypted like the secret; see get_headers() / set_headers().
     headers = models.JSONField(_("custom headers"), default=dict, blank=True)
     payload_extra = models.JSONField(_("custom payload values"), default=dict, blank=True)
     payload_fields = models.JSONField(
@@ -253,6 +255,26 @@ class Endpoint(RoutingWrites):
         ):
             keys.append(crypto.decrypt(self.previous_secret_encrypted))
         return keys
+
+    # Custom headers ----------------------------------------------------------------------
+    def set_headers(self, plain: dict[str, str]) -> None:
+        self.headers = {name: crypto.encrypt(value) for name, value in (plain or {}).items()}
+
+    def get_headers(self) -> dict[str, str]:
+        """The custom headers in plain text (raises ValueError if a value won't decrypt)."""
+        return {name: crypto.decrypt(value) for name, value in (self.headers or {}).items()}
+
+    def masked_headers(self) -> dict[str, str]:
+        """What pages and the API show: ``{"Authorization": "Bearer ••••1a2b"}``."""
+        from .headers import MASK, mask
+
+        shown = {}
+        for name, value in (self.headers or {}).items():
+            try:
+                shown[name] = mask(crypto.decrypt(value))
+            except ValueError:
+                shown[name] = MASK
+        return shown
 
     @property
     def event_types(self) -> list[str]:

@@ -6,32 +6,24 @@ field before writing anything; writes happen in one transaction.
 
 from __future__ import annotations
 
-import re
 import secrets as _secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
 from . import engine, events, formats, jsonenc, queries, signing, transport
+from . import headers as headers_policy
 from .conf import app_settings
 from .models import Delivery, Endpoint, Subscription
 
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")
-RESERVED_HEADERS = {
-    "host",
-    "content-length",
-    "content-type",
-    "transfer-encoding",
-    "connection",
-    "user-agent",
-}
-RESERVED_HEADER_PREFIXES = ("webhook-", "x-webhook-")
+RESERVED_HEADERS = headers_policy.RESERVED
+RESERVED_HEADER_PREFIXES = headers_policy.RESERVED_PREFIXES
 UPDATABLE = (
     "name",
     "description",
@@ -78,31 +70,27 @@ def _clean_events(value: Any) -> dict[str, bool]:
     return toggles
 
 
-def _clean_headers(value: Any) -> dict[str, str]:
+def _clean_headers(value: Any, current: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Name/value pairs that can always be sent (see ``headers.py``). ``current``: the
+    endpoint's present values; a value submitted still masked keeps its present value."""
     if value in (None, ""):
         return {}
     if not isinstance(value, Mapping):
         raise ValidationError("Give headers as name/value pairs.", code="invalid")
+    if current:
+        value = headers_policy.unmask(dict(value), dict(current))
     cleaned = {}
     for name, val in value.items():
-        if not isinstance(name, str) or not _HEADER_NAME.match(name):
-            raise ValidationError(
-                "%(name)r is not a valid header name.", code="invalid", params={"name": name}
-            )
-        lower = name.lower()
-        if lower in RESERVED_HEADERS or lower.startswith(RESERVED_HEADER_PREFIXES):
-            raise ValidationError(
-                "The %(name)s header is set by webhooks_app and cannot be overridden.",
-                code="reserved",
-                params={"name": name},
-            )
-        if not isinstance(val, str) or "\r" in val or "\n" in val or len(val) > 4000:
-            raise ValidationError(
-                "The value of %(name)s must be one line of text.",
-                code="invalid",
-                params={"name": name},
-            )
+        problem = headers_policy.name_problem(name)
+        if problem:
+            code = "invalid" if "not a valid" in problem else "reserved"
+            raise ValidationError(problem, code=code)
+        problem = headers_policy.value_problem(name, val)
+        if problem:
+            raise ValidationError(problem, code="invalid")
         cleaned[name] = val
+    if len({n.lower() for n in cleaned}) != len(cleaned):
+        raise ValidationError("Each header may be given once.", code="invalid")
     if len(cleaned) > 20:
         raise ValidationError("At most 20 custom headers.", code="invalid")
     return cleaned
@@ -118,7 +106,18 @@ def _clean_payload_extra(value: Any) -> dict[str, Any]:
         raise ValidationError("Keys must be non-empty text.", code="invalid")
     # Datetimes, Decimals, UUIDs... are stored as DjangoJSONEncoder writes them; what
     # JSON cannot carry (NaN, sets, bytes, huge integers) is refused with its path.
-    return jsonenc.normalise(dict(value), path="payload_extra")
+    cleaned = jsonenc.normalise(dict(value), path="payload_extra")
+    cap = app_settings.MAX_PAYLOAD_EXTRA_BYTES
+    size = len(jsonenc.dumps(cleaned).encode("utf-8"))
+    if cap and size > cap:
+        # Copied into every delivery row of the endpoint: a few MB here multiply fast.
+        raise ValidationError(
+            "Custom payload values may add at most %(cap)d bytes to each payload; these "
+            "are %(size)d bytes.",
+            code="max_size",
+            params={"cap": cap, "size": size},
+        )
+    return cleaned
 
 
 def _clean_payload_fields(value: Any) -> list[str]:
@@ -158,8 +157,8 @@ def _clean_field(name: str, value: Any) -> Any:
     if name == "url":
         if not isinstance(value, str) or not value.strip():
             raise ValidationError("Enter the URL that will receive the webhooks.", code="required")
-        transport.validate_url(value.strip())
-        return value.strip()
+        transport.validate_url(value)  # whitespace anywhere is refused, not trimmed
+        return value
     if name == "method":
         if value not in Endpoint.Method.values:
             raise ValidationError("Choose POST or GET.", code="invalid_choice")
@@ -228,7 +227,8 @@ def clean_endpoint_fields(
     """Validate endpoint fields; ``ValidationError`` with one entry per bad field.
 
     ``instance``: the endpoint being changed, for rules that involve a field not given
-    (custom values are checked against the payload format, given or current).
+    (custom values are checked against the payload format, given or current; header
+    values left masked keep its present values). Header values come back in plain text.
     """
     errors: dict[str, list] = {}
     cleaned: dict[str, Any] = {}
@@ -237,6 +237,10 @@ def clean_endpoint_fields(
             errors[name] = [ValidationError("Unknown field.", code="unknown")]
             continue
         try:
+            if name == "headers":
+                current = _current_headers(instance) if instance is not None else None
+                cleaned[name] = _clean_headers(value, current)
+                continue
             cleaned[name] = _clean_field(name, value)
         except ValidationError as exc:
             errors[name] = exc.error_list
@@ -248,6 +252,13 @@ def clean_endpoint_fields(
     if errors:
         raise ValidationError(errors)
     return cleaned
+
+
+def _current_headers(endpoint: Endpoint) -> dict[str, str]:
+    try:
+        return endpoint.get_headers()
+    except ValueError:
+        return {}  # undecryptable: masked values then cannot stand for anything
 
 
 def _set_subscriptions(endpoint: Endpoint, toggles: dict[str, bool]) -> None:
@@ -288,17 +299,37 @@ def create_endpoint(
             errors["secret"] = exc.error_list
     if tenant is not None and (not isinstance(tenant, str) or len(tenant) > 100):
         errors["tenant"] = [ValidationError("The tenant must be text of at most 100 characters.")]
+    else:
+        try:
+            check_endpoint_limit(tenant or "")
+        except ValidationError as exc:
+            errors[NON_FIELD_ERRORS] = exc.error_list
     if errors:
         raise ValidationError(errors)
     toggles = cleaned.pop("events")
+    plain_headers = cleaned.pop("headers", {})
     with transaction.atomic():
         endpoint = Endpoint(tenant=tenant or "", **cleaned)
+        endpoint.set_headers(plain_headers)
         endpoint.set_secret(plaintext)
         endpoint.save()
         _set_subscriptions(endpoint, toggles)
         if endpoint.notify_email:
             transaction.on_commit(lambda: _confirm_creation(endpoint), robust=True)
     return endpoint, plaintext
+
+
+def check_endpoint_limit(tenant: str) -> None:
+    """``ValidationError`` when ``tenant`` has ``MAX_ENDPOINTS_PER_TENANT`` endpoints
+    (each emit writes one row per endpoint: the cap bounds what one tenant multiplies)."""
+    cap = app_settings.MAX_ENDPOINTS_PER_TENANT
+    if cap and Endpoint.objects.filter(tenant=tenant).count() >= cap:
+        raise ValidationError(
+            "This account already has %(n)d webhook endpoints, the most allowed; "
+            "delete one to add another.",
+            code="too_many_endpoints",
+            params={"n": cap},
+        )
 
 
 def _confirm_creation(endpoint: Endpoint) -> None:
@@ -321,6 +352,9 @@ def update_endpoint(endpoint: Endpoint, **changes: Any) -> Endpoint:
     toggles = cleaned.pop("events", None)
     with transaction.atomic():
         for name, value in cleaned.items():
+            if name == "headers":
+                endpoint.set_headers(value)  # encrypted at rest, like the secret
+                continue
             setattr(endpoint, name, value)
         fields = [*cleaned, "updated_at"]
         if cleaned.get("is_active"):
@@ -409,8 +443,13 @@ def send_test(endpoint: Endpoint, data: Mapping[str, Any] | None = None) -> Test
         delivery.save()
     delivery.endpoint = endpoint
     delivery.event = event
-    outcome = engine.attempt(delivery, endpoint.signing_secrets())
-    engine.record(token, [outcome], retry=False)
+    # Whatever fails (a secret that no longer decrypts, a header that cannot be sent) is
+    # a recorded failure with its reason: never a 500, never a row left pending.
+    outcome = engine.safe_attempt(delivery)
+    try:
+        engine.record(token, [outcome], retry=False)
+    finally:
+        engine.fail_unsent(token, [delivery.pk], outcome.response.error or "not recorded")
     delivery.refresh_from_db()
     r = outcome.response
     return TestResult(delivery, r.ok, r.status_code, r.duration_ms, r.excerpt, r.error)
@@ -481,10 +520,13 @@ def preview(
     delivery = events.new_delivery(endpoint, event, env, data)
     delivery.endpoint = endpoint
     method, body = engine.wire(delivery)
-    headers = engine.request_headers(delivery, body, endpoint.signing_secrets())
+    custom = endpoint.get_headers()
+    headers = engine.request_headers(delivery, body, endpoint.signing_secrets(), custom)
     for name in headers:
         if name.lower() in SIGNATURE_HEADERS:
             headers[name] = mask_signature(headers[name])
+        elif name in custom:  # credentials: shown masked, as everywhere else
+            headers[name] = headers_policy.mask(headers[name])
     return PreviewRequest(
         event_type=event.event_type,
         subscribed=event.event_type in endpoint.event_types,
@@ -500,6 +542,9 @@ def replay(delivery: Delivery) -> Delivery:
     """Start a new attempt sequence for ``delivery``: same event id, same body bytes."""
     if delivery.status == Delivery.Status.PENDING:
         raise ValidationError("This delivery is still being attempted.", code="pending")
+    if delivery.event_type == events.TEST_EVENT:
+        # Workers never send tests: a replayed test is sent now, in this thread, as Test is.
+        return _replay_test(delivery)
     if not Endpoint.objects.filter(pk=delivery.endpoint_id, is_active=True).exists():
         raise ValidationError(
             "The endpoint is disabled; enable it before replaying.", code="inactive"
@@ -519,6 +564,30 @@ def replay(delivery: Delivery) -> Delivery:
             from .tasks import wake_workers_on_commit
 
             wake_workers_on_commit()
+    delivery.refresh_from_db()
+    return delivery
+
+
+def _replay_test(delivery: Delivery) -> Delivery:
+    token = _secrets.token_hex(16)
+    claimed = (
+        Delivery.objects.filter(pk=delivery.pk)
+        .exclude(status=Delivery.Status.PENDING)
+        .update(
+            status=Delivery.Status.PENDING,
+            sequence_attempts=0,
+            claim_token=token,
+            next_attempt_at=None,  # never due: no worker claims it
+        )
+    )
+    if not claimed:
+        raise ValidationError("This delivery is still being attempted.", code="pending")
+    row = Delivery.objects.select_related("event", "endpoint").get(pk=delivery.pk)
+    outcome = engine.safe_attempt(row)
+    try:
+        engine.record(token, [outcome], retry=False)
+    finally:
+        engine.fail_unsent(token, [row.pk], outcome.response.error or "not recorded")
     delivery.refresh_from_db()
     return delivery
 
@@ -605,6 +674,24 @@ def _clean_moment(value: Any, name: str) -> Any:
     return value
 
 
+def _lock_tenant(tenant: str) -> None:
+    """Serialise concurrent recoveries of one tenant until the transaction ends, so two
+    clicks at once cannot both pass the throttle (SQLite's IMMEDIATE transactions already
+    serialise every writer; PostgreSQL gets an advisory lock on the tenant)."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        import hashlib
+
+        key = int.from_bytes(
+            hashlib.sha256(f"webhooks_app.recover:{tenant}".encode()).digest()[:8],
+            "big",
+            signed=True,
+        )
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+
+
 def recover(endpoint: Endpoint, *, since: Any, until: Any = None) -> RecoverResult:
     """Replay every failed delivery of ``endpoint`` created in [since, until) (Svix's
     "recover failed messages since"): same event ids, same body bytes, a new attempt
@@ -642,6 +729,7 @@ def recover(endpoint: Endpoint, *, since: Any, until: Any = None) -> RecoverResu
     rate = app_settings.RECOVER_RATE
     with transaction.atomic():
         if rate:
+            _lock_tenant(endpoint.tenant)
             number, period = rate
             recent = list(
                 Recovery.objects.filter(
@@ -685,3 +773,35 @@ def recover(endpoint: Endpoint, *, since: Any, until: Any = None) -> RecoverResu
 
         wake_workers_on_commit()  # at once, or when the caller's transaction commits
     return RecoverResult(queued, since, until)
+
+
+def reencrypt_stored_secrets() -> tuple[int, list[int]]:
+    """Re-encrypt every endpoint's secrets and header values with the first key
+    (``ENCRYPTION_KEYS[0]``, or the one derived from ``SECRET_KEY``); returns how many
+    endpoints were rewritten and the ids of those with a value no key decrypts (left as
+    they are). Each endpoint is rewritten under a row lock, so a concurrent
+    ``rotate_secret`` is never overwritten."""
+    from . import crypto
+
+    done, failed = 0, []
+    for pk in Endpoint.objects.order_by("pk").values_list("pk", flat=True).iterator():
+        with transaction.atomic():
+            endpoint = Endpoint.objects.select_for_update().filter(pk=pk).first()
+            if endpoint is None:
+                continue
+            try:
+                endpoint.secret_encrypted = crypto.reencrypt(endpoint.secret_encrypted)
+                if endpoint.previous_secret_encrypted:
+                    endpoint.previous_secret_encrypted = crypto.reencrypt(
+                        endpoint.previous_secret_encrypted
+                    )
+                headers = endpoint.headers or {}
+                endpoint.headers = {k: crypto.reencrypt(v) for k, v in headers.items()}
+            except ValueError:
+                failed.append(pk)
+                continue
+            endpoint.save(
+                update_fields=["secret_encrypted", "previous_secret_encrypted", "headers"]
+            )
+            done += 1
+    return done, failed

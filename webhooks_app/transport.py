@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import idna
 import requests
 import urllib3
 from django.core.exceptions import ValidationError
@@ -124,6 +125,20 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     return seen
 
 
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+
+
+def ascii_host(host: str) -> str:
+    """The host as DNS, TLS and the Host header need it: IDN names in punycode
+    (``bücher.example`` -> ``xn--bcher-kva.example``); IP literals unchanged."""
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise UnsafeURL(f"the host name is not a valid internationalised name ({exc})") from None
+
+
 @dataclass(frozen=True)
 class Target:
     scheme: str
@@ -137,11 +152,15 @@ def check_url(url: str) -> Target:
 
     Raises :class:`UnsafeURL` (permanent) or :class:`ResolutionError` (retryable).
     """
+    if _SPACE_OR_CONTROL.search(url):
+        raise UnsafeURL("the URL must not contain spaces or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
         raise UnsafeURL(f"invalid URL: {exc}") from None
+    if port == 0:
+        raise UnsafeURL("port 0 cannot be connected to")
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise UnsafeURL("the URL must start with https://")
@@ -152,6 +171,7 @@ def check_url(url: str) -> Target:
         raise UnsafeURL("the URL has no host")
     if parts.username or parts.password:
         raise UnsafeURL("credentials in the URL are not allowed; use a custom header")
+    host = ascii_host(host)
     port = port or (443 if scheme == "https" else 80)
     addresses = resolve(host, port)
     for ip in addresses:

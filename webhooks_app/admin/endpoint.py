@@ -84,7 +84,29 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
 
     # Forms --------------------------------------------------------------------------------
     def get_fieldsets(self, request, obj=None):
-        return self.add_fieldsets if obj is None else super().get_fieldsets(request, obj)
+        if obj is None:
+            return self.add_fieldsets
+        fieldsets = super().get_fieldsets(request, obj)
+        if not self.has_change_permission(request, obj):
+            # Read-only pages render model fields as stored: show header values masked.
+            fieldsets = [
+                (
+                    title,
+                    {
+                        **opts,
+                        "fields": [
+                            "masked_headers" if f == "headers" else f for f in opts["fields"]
+                        ],
+                    },
+                )
+                for title, opts in fieldsets
+            ]
+        return fieldsets
+
+    @admin.display(description=_("custom headers"))
+    def masked_headers(self, obj: Endpoint) -> str:
+        shown = obj.masked_headers()
+        return ", ".join(f"{k}: {v}" for k, v in shown.items()) or "—"
 
     def get_readonly_fields(self, request, obj=None):
         return [] if obj is None else super().get_readonly_fields(request, obj)

@@ -8,14 +8,17 @@ import json
 from django.contrib import admin
 from django.core.paginator import Paginator
 from django.urls import reverse
+from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
+from django.utils.timezone import localtime
 from django.utils.translation import gettext_lazy as _
 
 from .. import queries
 from ..events import event_types
 from ..models import Event
 from .display import status_badge
+from .filters import TenantFilter
 
 
 class CappedPaginator(Paginator):
@@ -43,7 +46,7 @@ class EventTypeFilter(admin.SimpleListFilter):
 class EventAdmin(admin.ModelAdmin):
     list_display = ["public_id_display", "event_type", "tenant", "created_at"]
     list_display_links = ["public_id_display"]
-    list_filter = [EventTypeFilter]
+    list_filter = [EventTypeFilter, TenantFilter]
     search_fields = ["public_id"]  # matched exactly, see get_search_results
     search_help_text = _("An event id (evt_…), as in the webhook-id header.")
     list_per_page = 50
@@ -106,7 +109,9 @@ class EventAdmin(admin.ModelAdmin):
                     status_badge(d.status),
                     d.last_status_code or "—",
                     d.attempts,
-                    d.last_attempt_at or "—",
+                    date_format(localtime(d.last_attempt_at), "DATETIME_FORMAT")
+                    if d.last_attempt_at
+                    else "—",
                 )
                 for d in rows
             ),

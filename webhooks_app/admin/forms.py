@@ -192,7 +192,11 @@ class EndpointChangeForm(forms.ModelForm):
     headers = KeyValueField(
         label=_("Custom headers"),
         key_label="Header",
-        help_text=_("Sent with every request. Signature and content headers are reserved."),
+        help_text=_(
+            "Sent with every request. Signature, content and connection headers are "
+            "reserved. Values are stored encrypted and shown masked; leave a masked value "
+            "as it is to keep it."
+        ),
     )
     payload_extra = KeyValueField(
         label=_("Custom payload values"),
@@ -244,6 +248,10 @@ class EndpointChangeForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            # Header values are credentials: the form shows them masked, and a value left
+            # masked keeps its stored value (services.update_endpoint).
+            self.initial["headers"] = self.instance.masked_headers()
         if self.instance.pk and "events" not in self.initial:
             self.initial["events"] = {
                 s.event_type: s.enabled for s in self.instance.subscriptions.all()
@@ -265,6 +273,13 @@ class EndpointChangeForm(forms.ModelForm):
 
     def service_values(self) -> dict[str, Any]:
         return {k: self.cleaned_data[k] for k in SERVICE_FIELDS if k in self.cleaned_data}
+
+    def _post_clean(self) -> None:
+        # The ModelForm copies cleaned values onto the instance; header values must stay
+        # as stored (encrypted) until services resolves masked values and encrypts.
+        stored = self.instance.headers
+        super()._post_clean()
+        self.instance.headers = stored
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -300,6 +315,15 @@ class EndpointAddForm(EndpointChangeForm):
 
     class Meta(EndpointChangeForm.Meta):
         fields = ["tenant", *EndpointChangeForm.Meta.fields]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        tenant = cleaned.get("tenant") or ""
+        try:
+            services.check_endpoint_limit(tenant)
+        except ValidationError as exc:
+            self.add_error(None, exc)
+        return cleaned
 
     def clean_secret(self) -> str:
         secret = self.cleaned_data.get("secret") or ""

@@ -133,6 +133,7 @@ class EndpointSerializer(StrictSerializer):
     description = StrictCharField(required=False, allow_blank=True, trim_whitespace=False)
     url = StrictCharField(
         max_length=2000,
+        trim_whitespace=False,  # services refuses whitespace in a URL, it does not guess
         help_text="Where webhooks are sent. https only unless the site allows http; "
         "private and reserved addresses are refused.",
     )
@@ -142,7 +143,8 @@ class EndpointSerializer(StrictSerializer):
     headers = serializers.DictField(
         child=StrictCharField(allow_blank=True, trim_whitespace=False),
         required=False,
-        help_text="Custom headers sent with every request.",
+        help_text="Custom headers sent with every request. Values are stored encrypted "
+        "and shown masked (`Bearer ••••1a2b`); send a masked value back unchanged to keep it.",
     )
     payload_extra = serializers.DictField(
         child=serializers.JSONField(),
@@ -203,6 +205,12 @@ class EndpointSerializer(StrictSerializer):
         "rate_limit": None,
         "ordered": False,
     }
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if isinstance(instance, Endpoint):
+            data["headers"] = instance.masked_headers()  # values are credentials
+        return data
 
     def service_values(self) -> dict[str, Any]:
         """Validated data keyed as ``services`` names them."""
