@@ -125,9 +125,10 @@ def test_tenant_filter_only_when_tenants_are_used(admin_client, make_endpoint, r
 # Create -----------------------------------------------------------------------------------
 def test_add_form_groups_events_and_hides_the_test_event(admin_client):
     html = admin_client.get(url("add")).content.decode()
-    assert "<legend>user.*</legend>" in html and "<legend>payment.*</legend>" in html
+    assert "<legend>user</legend>" in html and "<legend>payment</legend>" in html
     assert 'value="user.created"' in html
-    assert 'value="webhook.test"' not in html
+    assert 'value="webhook.test"' not in html and 'value="webhook.*"' not in html
+    assert 'value="user.*"' in html and 'value="*"' in html  # wildcards
     assert 'name="secret"' in html and 'name="headers_key"' in html
 
 
@@ -262,7 +263,7 @@ def test_test_button_sends_signed_request_and_shows_result(admin_client, make_en
     endpoint, secret = make_endpoint(receiver.url())
     assert "Send test webhook" in admin_client.get(url("test", endpoint.pk)).content.decode()
     response = admin_client.post(url("test", endpoint.pk))
-    assert response.status_code == 302 and "?result=" in response["Location"]
+    assert response.status_code == 302 and "result=" in response["Location"]
     page = admin_client.get(response["Location"])
     html = page.content.decode()
     assert 'class="wh-status-code">200<' in html

@@ -79,13 +79,32 @@ def check_settings(app_configs=None, **kwargs):
                 id="webhooks_app.E005",
             )
         )
-    for name in app_settings.EVENT_TYPES:
-        if not isinstance(name, str) or not name or len(name) > 100:
+    for name, info in app_settings.EVENT_TYPES.items():
+        if not isinstance(name, str) or not name or len(name) > 100 or "*" in name:
             problems.append(
                 Error(
-                    f"Event type {name!r} must be text of 1-100 characters.", id="webhooks_app.E006"
+                    f"Event type {name!r} must be text of 1-100 characters without '*' "
+                    "(a '*' in a subscription is a wildcard).",
+                    id="webhooks_app.E006",
                 )
             )
+        schema = (info or {}).get("schema") if isinstance(info, dict) else None
+        if schema is not None:
+            from django.core.exceptions import ImproperlyConfigured
+
+            from .events import check_schema
+
+            try:
+                check_schema(str(name), schema)
+            except ImproperlyConfigured as exc:
+                problems.append(
+                    Error(
+                        f"WEBHOOKS_APP['EVENT_TYPES'][{name!r}]['schema'] is invalid: {exc}",
+                        hint="Give a JSON Schema (https://json-schema.org), e.g. "
+                        '{"type": "object", "required": ["id"]}.',
+                        id="webhooks_app.E021",
+                    )
+                )
     from . import formats
 
     if app_settings.PAYLOAD_FORMAT not in formats.payload_formats():

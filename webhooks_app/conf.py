@@ -13,7 +13,8 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 DEFAULTS: dict[str, Any] = {
-    # {"user.created": {"description": "...", "example": {...}}, ...}
+    # {"user.created": {"description": "...", "example": {...}, "group": "Users",
+    #   "schema": {...JSON Schema...}, "deprecated": False}, ...}
     "EVENT_TYPES": {},
     # Attempt schedule: seconds to wait before each attempt, counted from the end of the
     # previous one. Five attempts at 0, 2, 4, 8 and 16 s by default.
@@ -96,6 +97,10 @@ DEFAULTS: dict[str, Any] = {
     "API_THROTTLE_RATE": "30/min",
     # Django's queue name / cluster for wake-up tasks (None: the default cluster).
     "Q_CLUSTER": None,
+    # Check emit()'s data against the event type's JSON Schema ("schema" in EVENT_TYPES).
+    # None: on when settings.DEBUG is, so development catches drift and production does
+    # not pay for it.
+    "VALIDATE_PAYLOADS": None,
     # emit() refuses a body (envelope, or an endpoint's own body) larger than this many
     # bytes of UTF-8 with a ValidationError, before anything is written. 0: no limit.
     "MAX_PAYLOAD_BYTES": 256 * 1024,
@@ -304,6 +309,12 @@ class AppSettings:
     @property
     def Q_CLUSTER(self) -> str | None:
         return self._get("Q_CLUSTER")
+
+    @property
+    def VALIDATE_PAYLOADS(self) -> bool:
+        value = self._get("VALIDATE_PAYLOADS")
+        return bool(settings.DEBUG) if value is None else bool(value)
+
 
     @property
     def MAX_PAYLOAD_BYTES(self) -> int:

@@ -419,9 +419,8 @@ def _admit(
             n = 0 if free <= 0 else int(-(-free // 1))  # slots base + i*interval < end
             rows = rows[:n]
             for i, row_id in enumerate(rows):
-                slot = base + timedelta(seconds=i * interval)
-                if slot > now:
-                    slots[row_id] = slot
+                # Every one, even a slot due now: they all go out on the paced threads.
+                slots[row_id] = base + timedelta(seconds=i * interval)
             next_slot = base + timedelta(seconds=len(rows) * interval)
             changes["next_slot_at"] = next_slot
             booked_until = next_slot - timedelta(seconds=rate_window())
@@ -501,6 +500,8 @@ def request_headers(
     value, for a custom header that cannot be sent."""
     endpoint = delivery.endpoint
     headers = {"User-Agent": USER_AGENT, "X-Webhook-Event": delivery.event_type}
+    if delivery.event.is_test:
+        headers["webhook-test"] = "true"  # send_test(): receivers can skip side effects
     if delivery.send_method() == Endpoint.Method.POST:
         headers["Content-Type"] = delivery.content_type or "application/json"
     if custom is None:
@@ -1001,6 +1002,13 @@ def deliver_chunk(
                     _leases.forget(token, [d.id for d in deliveries])
                     if exclusive:
                         unpause(endpoint)
+                    logger.debug(
+                        "endpoint %s: chunk of %d, %d sent, %d recorded",
+                        endpoint.id,
+                        len(deliveries),
+                        len(outcomes),
+                        len(recorded),
+                    )
     return stalled
 
 

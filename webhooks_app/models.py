@@ -175,6 +175,12 @@ class Endpoint(RoutingWrites):
         default="",
         help_text=_("The shape of the JSON sent; empty: the site's default."),
     )
+    payload_filter = models.JSONField(
+        _("payload filter"),
+        default=dict,
+        blank=True,
+        help_text=_("Only events matching this filter are delivered; empty: every event."),
+    )
     notify_email = models.EmailField(
         _("failure notification email"),
         blank=True,
@@ -217,6 +223,9 @@ class Endpoint(RoutingWrites):
     notice_sent_at = models.DateTimeField(null=True, blank=True, editable=False)
     notice_failures = models.PositiveIntegerField(default=0, editable=False)
     notice_last_error = models.TextField(blank=True, default="", editable=False)
+    # Made by a REST Hooks subscription (API hooks/): only these can be unsubscribed
+    # there, so a platform's DELETE never removes an endpoint someone made by hand.
+    rest_hook = models.BooleanField(_("REST Hooks subscription"), default=False, editable=False)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -310,6 +319,8 @@ class Event(models.Model):
     # every retry and replay sends identical bytes.
     body = models.TextField()
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Sent by send_test() (the Test button / test API): a webhook-test: true header.
+    is_test = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-id"]
@@ -321,6 +332,30 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.public_id}"
+
+
+class InactivityTimer(models.Model):
+    """A pending ``touch()``: its event is emitted once ``due_at`` passes untouched.
+
+    The row is the timer: a worker deletes it and emits the event in one transaction, so
+    a crash either did both or neither, and a restart simply finds the row still due.
+    """
+
+    key = models.CharField(max_length=200, unique=True)
+    tenant = models.CharField(max_length=100, blank=True, default="")
+    event_type = models.CharField(max_length=100)
+    data = models.JSONField(default=dict)
+    idle_seconds = models.FloatField()
+    due_at = models.DateTimeField(db_index=True)
+    # The first touch of this cycle, and the last one.
+    created_at = models.DateTimeField(default=timezone.now)
+    touched_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["due_at"]
+
+    def __str__(self) -> str:
+        return f"{self.key} → {self.event_type} at {self.due_at:%Y-%m-%d %H:%M:%S}"
 
 
 class Delivery(models.Model):

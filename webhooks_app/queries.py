@@ -46,6 +46,11 @@ def endpoints(tenant: str | None = None) -> QuerySet[Endpoint]:
     return qs if tenant is None else qs.filter(tenant=tenant)
 
 
+def rest_hooks(tenant: str) -> QuerySet[Endpoint]:
+    """The REST Hooks subscriptions of ``tenant`` (endpoints made through API hooks/)."""
+    return endpoints(tenant).filter(rest_hook=True)
+
+
 def with_list_columns(
     queryset: QuerySet[Endpoint], *, last_delivery_at: bool = False
 ) -> QuerySet[Endpoint]:
@@ -129,13 +134,14 @@ def delivery_detail(queryset: QuerySet[Delivery], pk: int) -> Delivery | None:
 
 
 def test_result(endpoint: Endpoint, delivery_id: Any) -> Delivery | None:
-    """A test delivery of ``endpoint`` by id (for the Test page's result), or None."""
-    from .events import TEST_EVENT
+    """A test delivery of ``endpoint`` by id (for the Test page's result), or None.
 
+    Any type can be sent as a test (``send_test(event_type=...)``): tests are the
+    deliveries of events marked ``is_test``."""
     pk = _cursor(delivery_id)
     if pk is None:
         return None
-    return delivery_detail(deliveries(endpoint=endpoint).filter(event_type=TEST_EVENT), pk)
+    return delivery_detail(deliveries(endpoint=endpoint).filter(event__is_test=True), pk)
 
 
 def payload_text(delivery: Delivery) -> str:

@@ -17,7 +17,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
-from . import engine, events, formats, jsonenc, queries, signing, transport
+from . import engine, events, formats, jsonenc, matching, queries, signing, transport
 from . import headers as headers_policy
 from .conf import app_settings
 from .models import Delivery, Endpoint, Subscription
@@ -33,6 +33,7 @@ UPDATABLE = (
     "headers",
     "payload_extra",
     "payload_fields",
+    "payload_filter",
     "payload_format",
     "events",
     "notify_email",
@@ -48,16 +49,26 @@ def reserved_payload_keys(payload_format: str = "") -> set[str]:
 
 
 # Validation ------------------------------------------------------------------------------
-def _clean_events(value: Any) -> dict[str, bool]:
-    """``["a", "b"]`` or ``{"a": True, "b": False}`` -> {type: enabled}."""
+def _clean_events(value: Any, subscribed: Iterable[str] = ()) -> dict[str, bool]:
+    """``["a", "b"]`` or ``{"a": True, "b": False}`` -> {type: enabled}.
+
+    Names are declared types or wildcards (``user.*``, ``*``). A deprecated type is refused
+    unless it is among ``subscribed`` (the endpoint's current subscriptions), which keep
+    working.
+    """
     if isinstance(value, str) or not isinstance(value, Mapping | list | tuple | set):
         raise ValidationError("Give a list of event types.", code="invalid")
     toggles = dict(value) if isinstance(value, Mapping) else {name: True for name in value}
     if not toggles:
         raise ValidationError("Select at least one event.", code="required")
     known = events.event_types()
+    if any(not isinstance(n, str) for n in toggles):
+        raise ValidationError("Event types must be text.", code="invalid")
+    patterns = [n for n in toggles if "*" in n]
+    for name in patterns:
+        matching.validate_pattern(name)
     unknown = [
-        n for n in toggles if not isinstance(n, str) or n not in known or n == events.TEST_EVENT
+        n for n in toggles if "*" not in n and (n not in known or n == events.TEST_EVENT)
     ]
     if unknown:
         raise ValidationError(
@@ -65,6 +76,16 @@ def _clean_events(value: Any) -> dict[str, bool]:
             code="unknown_event_type",
             params={"names": ", ".join(map(str, unknown))},
         )
+    kept = set(subscribed)
+    deprecated = [n for n in toggles if n in known and known[n]["deprecated"] and n not in kept]
+    if deprecated:
+        raise ValidationError(
+            "%(names)s is deprecated and can no longer be subscribed to.",
+            code="deprecated_event_type",
+            params={"names": ", ".join(deprecated)},
+        )
+    if any(len(n) > 100 for n in toggles):
+        raise ValidationError("Event types have at most 100 characters.", code="invalid")
     if any(not isinstance(v, bool) for v in toggles.values()):
         raise ValidationError("Event toggles must be true or false.", code="invalid")
     return toggles
@@ -198,6 +219,8 @@ def _clean_field(name: str, value: Any) -> Any:
         return _clean_payload_extra(value)
     if name == "payload_fields":
         return _clean_payload_fields(value)
+    if name == "payload_filter":
+        return matching.clean_filter(value)
     if name == "payload_format":
         return formats.clean_name(value)
     if name == "events":
@@ -229,6 +252,8 @@ def clean_endpoint_fields(
     ``instance``: the endpoint being changed, for rules that involve a field not given
     (custom values are checked against the payload format, given or current; header
     values left masked keep its present values). Header values come back in plain text.
+    ``instance``'s current subscriptions may also keep types that have since been
+    deprecated.
     """
     errors: dict[str, list] = {}
     cleaned: dict[str, Any] = {}
@@ -237,6 +262,10 @@ def clean_endpoint_fields(
             errors[name] = [ValidationError("Unknown field.", code="unknown")]
             continue
         try:
+            if name == "events" and instance is not None and instance.pk:
+                subscribed = instance.subscriptions.values_list("event_type", flat=True)
+                cleaned[name] = _clean_events(value, subscribed)
+                continue
             if name == "headers":
                 current = _current_headers(instance) if instance is not None else None
                 cleaned[name] = _clean_headers(value, current)
@@ -280,9 +309,13 @@ def create_endpoint(
     events: Iterable[str] | Mapping[str, bool],
     tenant: str | None = None,
     secret: str | None = None,
+    rest_hook: bool = False,
     **options: Any,
 ) -> tuple[Endpoint, str]:
-    """Create an endpoint; returns it and its plaintext secret (shown once, never again)."""
+    """Create an endpoint; returns it and its plaintext secret (shown once, never again).
+
+    ``rest_hook=True`` marks a REST Hooks subscription (the API's hooks/ makes these).
+    """
     values = {"url": url, "events": events, **options}
     errors: dict[str, list] = {}
     try:
@@ -309,7 +342,7 @@ def create_endpoint(
     toggles = cleaned.pop("events")
     plain_headers = cleaned.pop("headers", {})
     with transaction.atomic():
-        endpoint = Endpoint(tenant=tenant or "", **cleaned)
+        endpoint = Endpoint(tenant=tenant or "", rest_hook=bool(rest_hook), **cleaned)
         endpoint.set_headers(plain_headers)
         endpoint.set_secret(plaintext)
         endpoint.save()
@@ -423,19 +456,46 @@ class TestResult:
     error: str
 
 
-def send_test(endpoint: Endpoint, data: Mapping[str, Any] | None = None) -> TestResult:
-    """Send a ``webhook.test`` event now, in this thread; recorded in the history."""
-    payload = dict(data or {"message": "This is a test webhook"})
+def send_test(
+    endpoint: Endpoint,
+    data: Mapping[str, Any] | None = None,
+    *,
+    event_type: str = events.TEST_EVENT,
+) -> TestResult:
+    """Send a test event now, in this thread; recorded in the history.
+
+    ``event_type`` (default the built-in ``webhook.test``) picks the declared type whose
+    example payload is sent (``data`` overrides it). Every test carries a
+    ``webhook-test: true`` header and ``"test": true`` in the envelope.
+    """
+    if not isinstance(event_type, str):
+        raise ValidationError({"event_type": ["Give an event type name."]})
+    info = events.event_types().get(event_type)
+    if info is None:
+        raise ValidationError(
+            {"event_type": [f"Unknown event type {event_type!r}; see the event catalogue."]}
+        )
+    payload = data if data is not None else info["example"]
+    payload = {} if payload is None else payload
+    if info["schema"] and app_settings.VALIDATE_PAYLOADS:
+        try:
+            events.validate_payload(event_type, payload, info)
+        except ValidationError as exc:
+            raise ValidationError({"data": exc.error_list}) from None
+    try:
+        event, env = events.new_event(event_type, payload, endpoint.tenant, test=True)
+    except ValidationError as exc:
+        raise ValidationError({"data": exc.error_list}) from None
     token = _secrets.token_hex(16)
     with transaction.atomic():
-        event, env = events.new_event(events.TEST_EVENT, payload, endpoint.tenant)
         event.save()
         # Claimed by us from the start, so no worker sends it a second time.
         delivery = events.new_delivery(
             endpoint,
             event,
             env,
-            payload,
+            event.data,
+            test=True,
             claim_token=token,
             # No due time: no worker ever claims a test, even if this process dies.
             next_attempt_at=None,

@@ -32,6 +32,7 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
     save_as = False
     fieldsets = [
         (None, {"fields": ["name", "description", "url", "is_active", "events"]}),
+        (_("Filter"), {"fields": ["payload_filter"]}),
         (
             _("Request"),
             {
@@ -53,6 +54,7 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
     ]
     add_fieldsets = [
         (None, {"fields": ["name", "description", "url", "is_active", "events", "secret"]}),
+        (_("Filter"), {"fields": ["payload_filter"]}),
         (
             _("Request"),
             {
@@ -285,6 +287,8 @@ class EndpointAdmin(EndpointPagesMixin, admin.ModelAdmin):
         prefix = f"{self.opts.app_label}_{self.opts.model_name}"
         wrap = self.admin_site.admin_view
         return [
+            # Before the object URLs: "<path:object_id>/" would take "event-types/".
+            path("event-types/", wrap(self.event_types_view), name=f"{prefix}_event_types"),
             path("<path:object_id>/test/", wrap(self.test_view), name=f"{prefix}_test"),
             path("<path:object_id>/preview/", wrap(self.preview_view), name=f"{prefix}_preview"),
             path(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
-from .. import events, formats, services
+from .. import events, formats, matching, services
 from ..conf import app_settings
 from ..models import Endpoint
 
@@ -20,20 +20,46 @@ SERVICE_FIELDS = services.UPDATABLE
 
 
 def subscribable_event_types() -> dict[str, dict[str, Any]]:
-    """Every registered type except the built-in test event, which only Test sends."""
-    return {n: i for n, i in events.event_types().items() if n != events.TEST_EVENT}
+    """Every type offered for new subscriptions: not the built-in test, not deprecated."""
+    return events.subscribable_event_types()
 
 
-def grouped_event_types() -> list[tuple[str, list[tuple[str, str]]]]:
-    """[(prefix, [(name, description), ...]), ...] grouped by the part before the dot."""
-    groups: dict[str, list[tuple[str, str]]] = {}
-    for name, info in sorted(subscribable_event_types().items()):
-        groups.setdefault(name.split(".", 1)[0], []).append((name, info.get("description", "")))
+def grouped_event_types(
+    subscribed: Iterable[str] = (),
+) -> list[tuple[str, list[tuple[str, str, bool]]]]:
+    """[(group, [(name, description, deprecated), ...]), ...] by the catalogue's group.
+
+    Deprecated types are listed only where already ``subscribed`` (they keep working)."""
+    keep = set(subscribed)
+    groups: dict[str, list[tuple[str, str, bool]]] = {}
+    for name, info in sorted(events.event_types().items()):
+        if name == events.TEST_EVENT or (info["deprecated"] and name not in keep):
+            continue
+        groups.setdefault(info["group"], []).append(
+            (name, info["description"], info["deprecated"])
+        )
     return sorted(groups.items())
 
 
+def wildcard_choices(subscribed: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """``*`` and ``<prefix>.*`` for every prefix of a declared type, plus any other
+    pattern already subscribed."""
+    prefixes: set[str] = set()
+    for name in subscribable_event_types():
+        parts = name.split(".")
+        prefixes.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    rows = [(matching.WILDCARD, str(_("Every event type, including ones added later")))]
+    patterns = sorted({f"{p}.*" for p in prefixes} | {n for n in subscribed if "*" in n})
+    for pattern in patterns:
+        if pattern != matching.WILDCARD:
+            rows.append(
+                (pattern, str(_("Every %(prefix)s event") % {"prefix": pattern[:-1]}))
+            )
+    return rows
+
+
 class EventsWidget(forms.Widget):
-    """Grouped checkboxes: one to subscribe, one to enable, per event type.
+    """Grouped checkboxes: one to subscribe, one to enable, per event type or wildcard.
 
     The value is ``{type: enabled}``. The "enabled" box of a type not yet subscribed is
     pre-ticked, so ticking "subscribe" alone subscribes it enabled; a hidden marker
@@ -57,19 +83,22 @@ class EventsWidget(forms.Widget):
     def get_context(self, name, value, attrs):
         context = super().get_context(name, value, attrs)
         value = value if isinstance(value, Mapping) else {}
-        groups = []
-        for prefix, types in grouped_event_types():
-            rows = [
-                {
-                    "name": n,
-                    "description": d,
-                    "subscribed": n in value,
-                    "enabled": bool(value.get(n, True)),
-                }
-                for n, d in types
-            ]
-            groups.append({"prefix": prefix, "rows": rows})
+
+        def row(n: str, d: str, deprecated: bool = False) -> dict[str, Any]:
+            return {
+                "name": n,
+                "description": d,
+                "deprecated": deprecated,
+                "subscribed": n in value,
+                "enabled": bool(value.get(n, True)),
+            }
+
+        groups = [
+            {"prefix": group, "rows": [row(*t) for t in types]}
+            for group, types in grouped_event_types(value)
+        ]
         context["widget"]["groups"] = groups
+        context["widget"]["wildcards"] = [row(n, d) for n, d in wildcard_choices(value)]
         return context
 
 
@@ -224,6 +253,17 @@ class EndpointChangeForm(forms.ModelForm):
             "tenant and data. CloudEvents: CloudEvents 1.0 structured JSON."
         ),
     )
+    payload_filter = forms.JSONField(
+        label=_("Payload filter"),
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 60, "class": "wh-code"}),
+        help_text=_(
+            'Only events matching this JSON filter are sent, e.g. {"data.amount": '
+            '{"$gte": 100}, "data.plan": {"$in": ["pro", "team"]}}. Paths start with data, '
+            "event or tenant; operators: $eq $neq $gt $gte $lt $lte $in $nin $exists, and "
+            "$or / $and with a list of filters; a plain value means $eq. Empty: every event."
+        ),
+    )
 
     class Meta:
         model = Endpoint
@@ -237,6 +277,7 @@ class EndpointChangeForm(forms.ModelForm):
             "headers",
             "payload_extra",
             "payload_fields",
+            "payload_filter",
             "payload_format",
             "rate_limit",
             "ordered",

@@ -27,7 +27,7 @@ from django.utils import timezone
 from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 
-from .. import queries, services
+from .. import matching, queries, services
 from ..events import TEST_EVENT, event_types
 from ..models import Delivery, Endpoint
 from .display import status_badge
@@ -88,31 +88,87 @@ class EndpointPagesMixin:
         response["Pragma"] = "no-cache"
         return response
 
+    def _test_types(self, obj: Endpoint) -> list[tuple[str, dict]]:
+        """The Test page's choices: webhook.test first, then every type that can be sent
+        (deprecated ones only where the endpoint still receives them)."""
+        subscribed = {s.event_type for s in obj.subscriptions.all()}
+        types = event_types()
+        rest = [
+            (n, i)
+            for n, i in sorted(types.items())
+            if n != TEST_EVENT and (not i["deprecated"] or n in subscribed)
+        ]
+        return [(TEST_EVENT, types[TEST_EVENT]), *rest]
+
     def test_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """GET: the Test page (with the result of the last test sent from it); POST: send."""
+        """GET: the Test page (with the result of the last test sent from it); POST: send
+        a test of the chosen type (``event_type``; default webhook.test)."""
         obj = self._get_endpoint(request, object_id, change=True)
+        url = reverse("admin:webhooks_app_endpoint_test", args=[obj.pk])
         if request.method == "POST":
-            result = services.send_test(obj)
+            event_type = request.POST.get("event_type") or TEST_EVENT
+            try:
+                result = services.send_test(obj, event_type=event_type)
+            except ValidationError as exc:
+                self.message_user(request, " ".join(exc.messages), messages.ERROR)
+                return HttpResponseRedirect(url)
             outcome = (
-                _("Test webhook delivered (HTTP %(code)s).") % {"code": result.status_code}
+                _("Test %(type)s webhook delivered (HTTP %(code)s).")
+                % {"type": event_type, "code": result.status_code}
                 if result.ok
-                else _("Test webhook failed: %(why)s")
-                % {"why": result.error or f"HTTP {result.status_code}"}
+                else _("Test %(type)s webhook failed: %(why)s")
+                % {"type": event_type, "why": result.error or f"HTTP {result.status_code}"}
             )
             self.log_change(request, obj, str(outcome))
             self.message_user(request, outcome, messages.SUCCESS if result.ok else messages.ERROR)
-            url = reverse("admin:webhooks_app_endpoint_test", args=[obj.pk])
-            return HttpResponseRedirect(f"{url}?{urlencode({'result': result.delivery.pk})}")
+            query = urlencode({"event_type": event_type, "result": result.delivery.pk})
+            return HttpResponseRedirect(f"{url}?{query}")
         result = queries.test_result(obj, request.GET.get("result"))
+        choices = self._test_types(obj)
+        chosen = request.GET.get("event_type", TEST_EVENT)
+        if chosen not in dict(choices):
+            chosen = TEST_EVENT
         context = self._context(
             request,
             obj,
             _("Test webhook endpoint"),
             result=result,
             attempt=result.attempt_log.all().last() if result else None,
-            example=json.dumps(event_types()[TEST_EVENT]["example"], indent=2),
+            type_choices=[
+                {"name": n, "description": i["description"], "selected": n == chosen}
+                for n, i in choices
+            ],
+            chosen=chosen,
+            example=json.dumps(dict(choices)[chosen]["example"], indent=2, ensure_ascii=False),
         )
         return TemplateResponse(request, "webhooks_app/admin/endpoint/test.html", context)
+
+    def event_types_view(self, request: HttpRequest) -> HttpResponse:
+        """The event catalogue: every declared type by group, with example and schema."""
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for name, info in sorted(event_types().items()):
+            groups.setdefault(info["group"], []).append(
+                {
+                    "name": name,
+                    "description": info["description"],
+                    "deprecated": info["deprecated"],
+                    "builtin": name == TEST_EVENT,
+                    "example": json.dumps(info["example"], indent=2, ensure_ascii=False),
+                    "schema": json.dumps(info["schema"], indent=2, ensure_ascii=False)
+                    if info["schema"]
+                    else "",
+                }
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Event catalogue"),
+            "media": self.media,
+            "groups": sorted(groups.items()),
+        }
+        return TemplateResponse(request, "webhooks_app/admin/endpoint/event_types.html", context)
 
     def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """GET only: what this endpoint would receive for the chosen type's example."""
@@ -206,7 +262,15 @@ class EndpointPagesMixin:
             {"label": label, "url": filter_link("status", value), "selected": status == value}
             for value, label in Delivery.Status.choices
         ]
-        types = sorted(set(obj.event_types) | {TEST_EVENT} | ({event_type} - {""}))
+        # Wildcard subscriptions list the declared types they cover.
+        subscribed = set(obj.event_types)
+        covered = {
+            n
+            for n in event_types()
+            if n != TEST_EVENT and any(matching.pattern_matches(p, n) for p in subscribed)
+        }
+        exact = {n for n in subscribed if "*" not in n}
+        types = sorted(covered | exact | {TEST_EVENT} | ({event_type} - {""}))
         type_choices = [
             {"label": _("All"), "url": filter_link("event_type", ""), "selected": not event_type}
         ] + [

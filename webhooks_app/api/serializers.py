@@ -60,7 +60,10 @@ class StrictIntegerField(serializers.IntegerField):
         ],
         "description": (
             "Event types to receive: a list of names, or an object of name -> enabled "
-            "(the per-event toggle). Responses list the enabled ones. See /event-types/."
+            "(the per-event toggle). A name may be a wildcard: `user.*` (every type "
+            "under user.) or `*` (every type), including types declared later. "
+            "Deprecated types cannot be newly subscribed. Responses list the enabled "
+            "ones. See /event-types/."
         ),
     }
 )
@@ -164,6 +167,16 @@ class EndpointSerializer(StrictSerializer):
         help_text="The shape of the JSON sent: standard, flat, type, cloudevents, or a "
         "format the site registered; empty: the site's default. See /payload-formats/.",
     )
+    payload_filter = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        validators=[reject_nul_characters],
+        help_text="Only events matching this filter are delivered, e.g. "
+        '`{"data.amount": {"$gte": 100}, "data.plan": {"$in": ["pro", "team"]}}`. Paths '
+        "start with data, event or tenant; operators $eq $neq $gt $gte $lt $lte $in $nin "
+        "$exists, and $or / $and over lists of filters; a bare value means $eq. "
+        "Empty: every event.",
+    )
     notify_email = serializers.EmailField(required=False, allow_blank=True)
     rate_limit = StrictIntegerField(
         required=False,
@@ -200,6 +213,7 @@ class EndpointSerializer(StrictSerializer):
         "headers": {},
         "payload_extra": {},
         "payload_fields": [],
+        "payload_filter": {},
         "payload_format": "",
         "notify_email": "",
         "rate_limit": None,
@@ -259,11 +273,19 @@ class EndpointWithSecretSerializer(EndpointSerializer):
 
 
 class TestRequestSerializer(StrictSerializer):
+    event_type = StrictCharField(
+        required=False,
+        max_length=100,
+        help_text="The declared type to send, with its example payload; default: the "
+        "built-in webhook.test. Every test carries a `webhook-test: true` header and "
+        '`"test": true` in the envelope.',
+    )
     data = serializers.DictField(
         child=serializers.JSONField(),
         required=False,
         validators=[reject_nul_characters],
-        help_text='The test event\'s data; default: {"message": "This is a test webhook"}.',
+        help_text="The test event's data; default: the type's example "
+        '(webhook.test: {"message": "This is a test webhook"}).',
     )
 
 
@@ -408,9 +430,17 @@ class EventDetailSerializer(EventSerializer):
 class EventTypeSerializer(serializers.Serializer):
     name = serializers.CharField()
     description = serializers.CharField(allow_blank=True)
+    group = serializers.CharField(help_text="The catalogue group the type is listed under.")
     example = serializers.JSONField(help_text="An example of the event's data.")
+    schema = serializers.JSONField(
+        allow_null=True, help_text="The JSON Schema of the event's data, if declared."
+    )
+    deprecated = serializers.BooleanField(
+        help_text="Still delivered to existing subscriptions; cannot be newly subscribed."
+    )
     subscribable = serializers.BooleanField(
-        help_text="false for built-in types (webhook.test) that endpoints cannot subscribe to."
+        help_text="false for built-in types (webhook.test) and deprecated ones: endpoints "
+        "cannot newly subscribe to them."
     )
 
 

@@ -214,8 +214,10 @@ class EndpointViewSet(
 
     @extend_schema(
         summary="Send a test webhook now",
-        description="Sends a `webhook.test` event synchronously and reports the outcome; "
-        "recorded in the endpoint's history. A receiver's failure is still a 200 here.",
+        description="Sends a test event synchronously and reports the outcome: "
+        "`webhook.test`, or `event_type` with that type's example payload. Marked as a "
+        'test (`webhook-test: true` header, `"test": true` in the envelope) and recorded '
+        "in the endpoint's history. A receiver's failure is still a 200 here.",
         request=s.TestRequestSerializer,
         responses={
             200: s.TestResultSerializer,
@@ -229,7 +231,9 @@ class EndpointViewSet(
     def test(self, request: Request, pk: str | None = None) -> Response:
         endpoint = self.get_object()
         values = _validated(s.TestRequestSerializer, request)
-        result = services.send_test(endpoint, values.get("data"))
+        result = services.send_test(
+            endpoint, values.get("data"), event_type=values.get("event_type", events.TEST_EVENT)
+        )
         return Response(s.TestResultSerializer(result).data)
 
     @extend_schema(
@@ -431,19 +435,22 @@ class EventViewSet(
 
 
 class EventTypeListView(WebhooksAPIMixin, APIView):
-    """The event types endpoints can subscribe to, with descriptions and examples."""
+    """The event catalogue: every type with its description, group, example and schema."""
 
     @extend_schema(
-        summary="List event types",
+        summary="List event types (the catalogue)",
         responses={200: s.EventTypeSerializer(many=True), **COMMON_ERRORS},
     )
     def get(self, request: Request) -> Response:
         rows = [
             {
                 "name": name,
-                "description": info.get("description", ""),
-                "example": info.get("example", {}),
-                "subscribable": name != events.TEST_EVENT,
+                "description": info["description"],
+                "group": info["group"],
+                "example": info["example"],
+                "schema": info["schema"],
+                "deprecated": info["deprecated"],
+                "subscribable": name != events.TEST_EVENT and not info["deprecated"],
             }
             for name, info in sorted(events.event_types().items())
         ]
@@ -494,7 +501,8 @@ class StatsView(WebhooksAPIMixin, APIView):
     ),
     destroy=extend_schema(
         summary="Unsubscribe a REST hook",
-        description="Deletes the subscription's endpoint with its delivery history.",
+        description="Deletes the subscription's endpoint with its delivery history. Only "
+        "endpoints made by `POST hooks/` can be unsubscribed here; any other id is a 404.",
         responses={204: None, **COMMON_ERRORS, **NOT_FOUND},
     ),
 )
@@ -507,7 +515,9 @@ class HookViewSet(
     serializer_class = s.HookSubscribeSerializer
 
     def get_queryset(self) -> QuerySet[Endpoint]:
-        return queries.endpoints(self.tenant)
+        # Only what hooks/ subscribed: an endpoint made in the admin, the portal or
+        # endpoints/ is a 404 here, as Zapier unsubscribes only its own subscriptions.
+        return queries.rest_hooks(self.tenant)
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         values = _validated(s.HookSubscribeSerializer, request)
@@ -517,6 +527,7 @@ class HookViewSet(
                 url=values["target_url"],
                 events=[values["event"]],
                 name=f"REST hook: {values['event']}"[:200],
+                rest_hook=True,
             )
         except DjangoValidationError as exc:
             # Field names of this request: url -> target_url, events -> event.

@@ -16,7 +16,7 @@ def create_stamp(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('webhooks_app', '0009_encrypt_header_values'),
+        ('webhooks_app', '0011_endpoint_rest_hook'),
     ]
 
     operations = [
