@@ -38,6 +38,11 @@ class Dispatcher:
         self.threads = app_settings.SENDER_THREADS
         self.per_endpoint = app_settings.ENDPOINT_CONCURRENCY
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="webhooks-sender")
+        # Rate-limited deliveries, one per slot, go out on threads of their own: behind
+        # busy bulk chunks they would miss their slots and then leave in bunches.
+        self._paced_pool = ThreadPoolExecutor(
+            max(4, self.threads // 2), thread_name_prefix="webhooks-paced"
+        )
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -56,12 +61,16 @@ class Dispatcher:
         # engine.rate_window() seconds ahead.
         self._timers: list[tuple] = []
         self._timer_seq = 0
+        self._timer_cond = threading.Condition(self._lock)
         self._next_notice_flush = 0.0
         self._thread = threading.Thread(target=self._run, name="webhooks-dispatcher", daemon=True)
+        # Its own thread: a claim that waits for the database must not delay the slots.
+        self._pacer = threading.Thread(target=self._pace, name="webhooks-pacer", daemon=True)
 
     # Control --------------------------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
+        self._pacer.start()
 
     def wake(self) -> None:
         self._wake.set()
@@ -70,8 +79,12 @@ class Dispatcher:
         """Stop claiming; chunks not yet started are handed back; wait for the rest."""
         self._stop.set()
         self._wake.set()
+        with self._timer_cond:
+            self._timer_cond.notify_all()
         self._thread.join(timeout)
+        self._pacer.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=False)
+        self._paced_pool.shutdown(wait=True, cancel_futures=False)
 
     @property
     def stopping(self) -> bool:
@@ -91,42 +104,56 @@ class Dispatcher:
                     logger.exception("firing inactivity timers failed; retrying next poll")
                     close_old_connections()
             try:
-                self._fire_timers()
                 self.pump()
                 self._flush_notices()
             except Exception:
                 logger.exception("dispatcher loop failed; retrying after the poll interval")
                 close_old_connections()
-            self._wake.wait(self._wait_time())
+            self._wake.wait(app_settings.POLL_INTERVAL)
             self._wake.clear()
+        try:
+            self._release_timers()  # booked by a claim that ended after the pacer stopped
+        finally:
+            connections.close_all()
+
+    def _pace(self) -> None:
+        """The pacer thread: hand each rate-limited delivery out when its slot comes."""
+        while True:
+            with self._timer_cond:
+                while not self._stop.is_set():
+                    wait = self._timers[0][0] - time.monotonic() if self._timers else None
+                    if wait is not None and wait <= 0:
+                        break
+                    self._timer_cond.wait(wait)
+                if self._stop.is_set():
+                    break
+                now = time.monotonic()
+                due = []
+                while self._timers and self._timers[0][0] <= now:
+                    due.append(heapq.heappop(self._timers))
+            try:
+                self._fire(due)
+            except Exception:
+                logger.exception("handing out rate-limited deliveries failed")
+                close_old_connections()
         try:
             self._release_timers()
         finally:
             connections.close_all()
 
-    def _wait_time(self) -> float:
-        wait = app_settings.POLL_INTERVAL
-        with self._lock:
-            if self._timers:
-                wait = min(wait, max(0.0, self._timers[0][0] - time.monotonic()))
-        return wait
+    def _fire(self, due: list[tuple]) -> None:
+        """Send rate-limited deliveries whose slot has come.
 
-    def _fire_timers(self) -> None:
-        """Send the rate-limited deliveries whose slot has come; one whose endpoint or this
-        worker has no free thread goes back to the table (any worker takes it, later)."""
-        now = time.monotonic()
-        due, busy = [], []
-        with self._lock:
-            while self._timers and self._timers[0][0] <= now:
-                due.append(heapq.heappop(self._timers))
+        They have threads of their own, so busy unlimited endpoints never make them miss
+        their slots; when their own endpoint has all its chunks in flight (a slow
+        receiver), the delivery goes back to the table, for any worker, later.
+        """
+        busy = []
         for _when, _seq, token, endpoint_id, delivery in due:
             with self._lock:
-                free = (
-                    self._in_flight < self.threads
-                    and self._per_endpoint[endpoint_id] < self._limit(endpoint_id)
-                )
+                free = self._per_endpoint[endpoint_id] < self._limit(endpoint_id)
             if free:
-                self._submit(token, endpoint_id, [delivery])
+                self._submit(token, endpoint_id, [delivery], paced=True)
             else:
                 busy.append((token, delivery.id))
         for token, delivery_id in busy:
@@ -140,12 +167,13 @@ class Dispatcher:
 
     def _add_timer(self, token: str, endpoint_id: int, delivery) -> None:
         delay = (delivery.not_before - timezone.now()).total_seconds()
-        with self._lock:
+        with self._timer_cond:
             self._timer_seq += 1
             heapq.heappush(
                 self._timers,
                 (time.monotonic() + delay, self._timer_seq, token, endpoint_id, delivery),
             )
+            self._timer_cond.notify()
 
     def _flush_notices(self) -> None:
         """Now and then, mail the failure digests whose interval has ended."""
@@ -175,8 +203,6 @@ class Dispatcher:
             engine.release(token, unsent)
             if len(rows) < limit or unsent:
                 return
-            if self._timers and self._timers[0][0] <= time.monotonic():
-                return  # slots came due while claiming: send those first
 
     def _hand_out(self, token: str, rows: list) -> list[int]:
         """Split claimed rows into chunks for free threads; return the ids handed back."""
@@ -220,20 +246,24 @@ class Dispatcher:
         """Chunks of ``endpoint_id`` allowed in flight (call with ``self._lock`` held)."""
         return 1 if endpoint_id in self._stalled else self.per_endpoint
 
-    def _submit(self, token: str, endpoint_id: int, chunk: list) -> None:
+    def _submit(self, token: str, endpoint_id: int, chunk: list, *, paced: bool = False) -> None:
         size = sum(getattr(d, "claim_bytes", 0) for d in chunk)
         with self._lock:
-            self._in_flight += 1
+            if not paced:
+                self._in_flight += 1
             self._per_endpoint[endpoint_id] += 1
             self._bytes += size
         # The chunk keeps the claim's order: due time, or emit order for ordered endpoints.
+        pool = self._paced_pool if paced else self._pool
         try:
-            self._pool.submit(self._send, token, endpoint_id, chunk, size)
+            pool.submit(self._send, token, endpoint_id, chunk, size, paced)
         except RuntimeError:  # the pool is shutting down: hand the rows back
-            self._done(endpoint_id, size)
+            self._done(endpoint_id, size, paced)
             engine.release(token, [d.id for d in chunk])
 
-    def _send(self, token: str, endpoint_id: int, chunk: list, size: int = 0) -> None:
+    def _send(
+        self, token: str, endpoint_id: int, chunk: list, size: int = 0, paced: bool = False
+    ) -> None:
         try:
             stalled = engine.deliver_chunk(token, chunk, stopping=self._stop.is_set)
             with self._lock:
@@ -245,11 +275,12 @@ class Dispatcher:
             logger.exception("sending a chunk of %d deliveries failed", len(chunk))
             close_old_connections()
         finally:
-            self._done(endpoint_id, size)
+            self._done(endpoint_id, size, paced)
 
-    def _done(self, endpoint_id: int, size: int = 0) -> None:
+    def _done(self, endpoint_id: int, size: int = 0, paced: bool = False) -> None:
         with self._lock:
-            self._in_flight -= 1
+            if not paced:
+                self._in_flight -= 1
             self._bytes -= size
             self._per_endpoint[endpoint_id] -= 1
             if self._per_endpoint[endpoint_id] <= 0:

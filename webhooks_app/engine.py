@@ -419,9 +419,8 @@ def _admit(
             n = 0 if free <= 0 else int(-(-free // 1))  # slots base + i*interval < end
             rows = rows[:n]
             for i, row_id in enumerate(rows):
-                slot = base + timedelta(seconds=i * interval)
-                if slot > now:
-                    slots[row_id] = slot
+                # Every one, even a slot due now: they all go out on the paced threads.
+                slots[row_id] = base + timedelta(seconds=i * interval)
             next_slot = base + timedelta(seconds=len(rows) * interval)
             changes["next_slot_at"] = next_slot
             booked_until = next_slot - timedelta(seconds=rate_window())
@@ -1003,6 +1002,13 @@ def deliver_chunk(
                     _leases.forget(token, [d.id for d in deliveries])
                     if exclusive:
                         unpause(endpoint)
+                    logger.debug(
+                        "endpoint %s: chunk of %d, %d sent, %d recorded",
+                        endpoint.id,
+                        len(deliveries),
+                        len(outcomes),
+                        len(recorded),
+                    )
     return stalled
 
 

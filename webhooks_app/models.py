@@ -118,6 +118,9 @@ class Endpoint(models.Model):
     notice_sent_at = models.DateTimeField(null=True, blank=True, editable=False)
     notice_failures = models.PositiveIntegerField(default=0, editable=False)
     notice_last_error = models.TextField(blank=True, default="", editable=False)
+    # Made by a REST Hooks subscription (API hooks/): only these can be unsubscribed
+    # there, so a platform's DELETE never removes an endpoint someone made by hand.
+    rest_hook = models.BooleanField(_("REST Hooks subscription"), default=False, editable=False)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 

@@ -46,6 +46,11 @@ def endpoints(tenant: str | None = None) -> QuerySet[Endpoint]:
     return qs if tenant is None else qs.filter(tenant=tenant)
 
 
+def rest_hooks(tenant: str) -> QuerySet[Endpoint]:
+    """The REST Hooks subscriptions of ``tenant`` (endpoints made through API hooks/)."""
+    return endpoints(tenant).filter(rest_hook=True)
+
+
 def with_list_columns(
     queryset: QuerySet[Endpoint], *, last_delivery_at: bool = False
 ) -> QuerySet[Endpoint]:

@@ -309,9 +309,13 @@ def create_endpoint(
     events: Iterable[str] | Mapping[str, bool],
     tenant: str | None = None,
     secret: str | None = None,
+    rest_hook: bool = False,
     **options: Any,
 ) -> tuple[Endpoint, str]:
-    """Create an endpoint; returns it and its plaintext secret (shown once, never again)."""
+    """Create an endpoint; returns it and its plaintext secret (shown once, never again).
+
+    ``rest_hook=True`` marks a REST Hooks subscription (the API's hooks/ makes these).
+    """
     values = {"url": url, "events": events, **options}
     errors: dict[str, list] = {}
     try:
@@ -338,7 +342,7 @@ def create_endpoint(
     toggles = cleaned.pop("events")
     plain_headers = cleaned.pop("headers", {})
     with transaction.atomic():
-        endpoint = Endpoint(tenant=tenant or "", **cleaned)
+        endpoint = Endpoint(tenant=tenant or "", rest_hook=bool(rest_hook), **cleaned)
         endpoint.set_headers(plain_headers)
         endpoint.set_secret(plaintext)
         endpoint.save()

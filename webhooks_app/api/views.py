@@ -501,7 +501,8 @@ class StatsView(WebhooksAPIMixin, APIView):
     ),
     destroy=extend_schema(
         summary="Unsubscribe a REST hook",
-        description="Deletes the subscription's endpoint with its delivery history.",
+        description="Deletes the subscription's endpoint with its delivery history. Only "
+        "endpoints made by `POST hooks/` can be unsubscribed here; any other id is a 404.",
         responses={204: None, **COMMON_ERRORS, **NOT_FOUND},
     ),
 )
@@ -514,7 +515,9 @@ class HookViewSet(
     serializer_class = s.HookSubscribeSerializer
 
     def get_queryset(self) -> QuerySet[Endpoint]:
-        return queries.endpoints(self.tenant)
+        # Only what hooks/ subscribed: an endpoint made in the admin, the portal or
+        # endpoints/ is a 404 here, as Zapier unsubscribes only its own subscriptions.
+        return queries.rest_hooks(self.tenant)
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         values = _validated(s.HookSubscribeSerializer, request)
@@ -524,6 +527,7 @@ class HookViewSet(
                 url=values["target_url"],
                 events=[values["event"]],
                 name=f"REST hook: {values['event']}"[:200],
+                rest_hook=True,
             )
         except DjangoValidationError as exc:
             # Field names of this request: url -> target_url, events -> event.

@@ -1,0 +1,171 @@
+"""Hostile review of the portal, magic links and REST Hooks: each test is a found defect
+(failing on the code before its fix) or an attack that must keep failing."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import override_settings
+from django.urls import include, path, reverse
+from rest_framework.test import APIClient
+
+from webhooks_app import emit
+from webhooks_app.models import Delivery, Endpoint
+from webhooks_app.portal import magic_link
+
+pytestmark = pytest.mark.django_db
+
+# Used as ROOT_URLCONF by the test that mounts the portal at the site's root.
+urlpatterns = [path("", include("webhooks_app.portal.urls"))]
+
+
+def url(name: str, *args) -> str:
+    return reverse(f"webhooks_portal:{name}", args=args)
+
+
+def webhooks_settings(**overrides):
+    from django.conf import settings
+
+    return override_settings(WEBHOOKS_APP={**settings.WEBHOOKS_APP, **overrides})
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def user(name: str):
+    return get_user_model().objects.create_user(name, f"{name}@example.com", "pw")
+
+
+def test_probe_every_url_with_huge_and_foreign_ids(client, make_endpoint, receiver):
+    alice = user("alice")
+    client.force_login(alice)
+    endpoint, _ = make_endpoint(receiver.url(), tenant=str(alice.pk))
+    emit("user.created", {"n": 1}, tenant=str(alice.pk))
+    delivery = Delivery.objects.get()
+    big = 10**30
+    for page in (
+        url("edit", big), url("test", big), url("history", big),
+        url("delivery", endpoint.pk, big), url("delivery", big, delivery.pk),
+        url("rotate", big), url("delete", big),
+    ):
+        assert client.get(page).status_code == 404, page
+        assert client.post(page).status_code == 404, page
+    assert client.post(url("replay", endpoint.pk, big)).status_code == 404
+    assert client.post(url("replay", big, big)).status_code == 404
+
+
+# REST Hooks ------------------------------------------------------------------------------
+def test_hooks_delete_unsubscribes_only_rest_hooks_subscriptions(make_endpoint, receiver):
+    alice = user("alice")
+    api = APIClient()
+    api.force_authenticate(alice)
+    by_hand, _ = make_endpoint(receiver.url("/by-hand"), tenant=str(alice.pk))
+    made = api.post(
+        "/api/webhooks/hooks/",
+        {"target_url": receiver.url("/zap"), "event": "user.created"},
+        format="json",
+    )
+    assert made.status_code == 201
+    hook = Endpoint.objects.get(pk=made.json()["id"])
+    assert hook.rest_hook and not by_hand.rest_hook
+    # An endpoint made in the admin, portal or endpoints/ is not a subscription: 404, kept.
+    assert api.delete(f"/api/webhooks/hooks/{by_hand.pk}/").status_code == 404
+    assert Endpoint.objects.filter(pk=by_hand.pk).exists()
+    assert api.delete(f"/api/webhooks/hooks/{hook.pk}/").status_code == 204
+    assert not Endpoint.objects.filter(pk=hook.pk).exists()
+    # endpoints/ still manages both kinds.
+    assert api.delete(f"/api/webhooks/endpoints/{by_hand.pk}/").status_code == 204
+
+
+# Magic links -----------------------------------------------------------------------------
+def test_a_later_login_in_the_same_browser_does_not_inherit_a_magic_session(
+    client, make_endpoint, receiver
+):
+    acme, _ = make_endpoint(receiver.url("/acme"), tenant="acme")
+    client.post(magic_link("acme"))
+    assert client.get(url("edit", acme.pk)).status_code == 200
+    # Someone else logs in on this (shared) browser: login() keeps the session's data.
+    bob = user("bob")
+    client.force_login(bob)
+    assert client.get(url("edit", acme.pk)).status_code == 404
+    assert "/acme" not in client.get(url("list")).content.decode()
+
+
+def test_a_logged_in_user_keeps_the_magic_session_he_opened(client, make_endpoint, receiver):
+    acme, _ = make_endpoint(receiver.url("/acme"), tenant="acme")
+    client.force_login(user("bob"))
+    client.post(magic_link("acme"))
+    assert client.get(url("edit", acme.pk)).status_code == 200
+    client.post(url("leave"))
+    assert client.get(url("edit", acme.pk)).status_code == 404
+
+
+def plan_of_the_user(request, tenant):
+    # A gate that judges the logged-in user's plan (bob has webhooks, acme has not).
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_authenticated and user.username == "bob")
+
+
+def tenant_plan(tenant):
+    return tenant != "acme"
+
+
+def test_a_magic_session_is_gated_by_its_tenant_not_by_a_logged_in_users_plan(
+    client, make_endpoint, receiver
+):
+    acme, _ = make_endpoint(receiver.url("/acme"), tenant="acme")
+    client.force_login(user("bob"))
+    with webhooks_settings(
+        FEATURE_GATE="tests.test_portal_review.plan_of_the_user",
+        TENANT_GATE="tests.test_portal_review.tenant_plan",
+    ):
+        assert client.get(url("list")).status_code == 200  # bob's own tenant, his plan
+        client.post(magic_link("acme"))
+        for page in (url("list"), url("edit", acme.pk), url("verify")):
+            refused = client.get(page)
+            assert refused.status_code == 403, page
+            assert "not available on your plan" in refused.content.decode()
+        assert client.post(url("delete", acme.pk)).status_code == 403
+    assert Endpoint.objects.filter(pk=acme.pk).exists()
+
+
+def test_the_magic_landing_page_is_not_cached_and_sends_no_referrer(client):
+    landing = client.get(magic_link("acme"))
+    assert landing.status_code == 200
+    assert "no-store" in landing["Cache-Control"]
+    assert landing["Referrer-Policy"] == "no-referrer"
+
+
+def test_next_cannot_leave_the_site_when_the_portal_is_mounted_at_the_root():
+    with override_settings(ROOT_URLCONF="tests.test_portal_review"):
+        assert reverse("webhooks_portal:list") == "/"
+        for evil in ("/\t/evil.example/", "/\n/evil.example/", "/\r\n/evil.example", "/ /x"):
+            with pytest.raises(ValueError):
+                magic_link("acme", next=evil)
+        assert magic_link("acme", next="/3/history/").startswith("/open/")
+
+
+# Clickjacking ----------------------------------------------------------------------------
+def test_portal_pages_refuse_framing_without_the_sites_middleware(client, make_endpoint, receiver):
+    from django.conf import settings
+
+    alice = user("alice")
+    endpoint, _ = make_endpoint(receiver.url(), tenant=str(alice.pk))
+    middleware = [m for m in settings.MIDDLEWARE if "XFrameOptions" not in m]
+    with override_settings(MIDDLEWARE=middleware):
+        landing = client.get(magic_link("acme"))
+        assert landing["X-Frame-Options"] == "DENY"
+        client.force_login(alice)
+        for page in (url("list"), url("create"), url("edit", endpoint.pk), url("verify")):
+            assert client.get(page)["X-Frame-Options"] == "DENY", page
+        secret_page = client.post(url("rotate", endpoint.pk), {"grace": "0"})
+        assert "wh-secret-value" in secret_page.content.decode()
+        assert secret_page["X-Frame-Options"] == "DENY"
+    with override_settings(MIDDLEWARE=middleware, X_FRAME_OPTIONS="SAMEORIGIN"):
+        assert client.get(url("list"))["X-Frame-Options"] == "SAMEORIGIN"
