@@ -9,7 +9,7 @@ def mark_existing_hooks(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("webhooks_app", "0009_encrypt_header_values"),
+        ("webhooks_app", "0010_triggers_filters_timers"),
     ]
 
     operations = [
