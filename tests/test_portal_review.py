@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 
 from webhooks_app import emit
 from webhooks_app.models import Delivery, Endpoint
+from webhooks_app.portal import magic_link
 
 pytestmark = pytest.mark.django_db
 
@@ -80,3 +81,91 @@ def test_hooks_delete_unsubscribes_only_rest_hooks_subscriptions(make_endpoint, 
     assert not Endpoint.objects.filter(pk=hook.pk).exists()
     # endpoints/ still manages both kinds.
     assert api.delete(f"/api/webhooks/endpoints/{by_hand.pk}/").status_code == 204
+
+
+# Magic links -----------------------------------------------------------------------------
+def test_a_later_login_in_the_same_browser_does_not_inherit_a_magic_session(
+    client, make_endpoint, receiver
+):
+    acme, _ = make_endpoint(receiver.url("/acme"), tenant="acme")
+    client.post(magic_link("acme"))
+    assert client.get(url("edit", acme.pk)).status_code == 200
+    # Someone else logs in on this (shared) browser: login() keeps the session's data.
+    bob = user("bob")
+    client.force_login(bob)
+    assert client.get(url("edit", acme.pk)).status_code == 404
+    assert "/acme" not in client.get(url("list")).content.decode()
+
+
+def test_a_logged_in_user_keeps_the_magic_session_he_opened(client, make_endpoint, receiver):
+    acme, _ = make_endpoint(receiver.url("/acme"), tenant="acme")
+    client.force_login(user("bob"))
+    client.post(magic_link("acme"))
+    assert client.get(url("edit", acme.pk)).status_code == 200
+    client.post(url("leave"))
+    assert client.get(url("edit", acme.pk)).status_code == 404
+
+
+def plan_of_the_user(request, tenant):
+    # A gate that judges the logged-in user's plan (bob has webhooks, acme has not).
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_authenticated and user.username == "bob")
+
+
+def tenant_plan(tenant):
+    return tenant != "acme"
+
+
+def test_a_magic_session_is_gated_by_its_tenant_not_by_a_logged_in_users_plan(
+    client, make_endpoint, receiver
+):
+    acme, _ = make_endpoint(receiver.url("/acme"), tenant="acme")
+    client.force_login(user("bob"))
+    with webhooks_settings(
+        FEATURE_GATE="tests.test_portal_review.plan_of_the_user",
+        TENANT_GATE="tests.test_portal_review.tenant_plan",
+    ):
+        assert client.get(url("list")).status_code == 200  # bob's own tenant, his plan
+        client.post(magic_link("acme"))
+        for page in (url("list"), url("edit", acme.pk), url("verify")):
+            refused = client.get(page)
+            assert refused.status_code == 403, page
+            assert "not available on your plan" in refused.content.decode()
+        assert client.post(url("delete", acme.pk)).status_code == 403
+    assert Endpoint.objects.filter(pk=acme.pk).exists()
+
+
+def test_the_magic_landing_page_is_not_cached_and_sends_no_referrer(client):
+    landing = client.get(magic_link("acme"))
+    assert landing.status_code == 200
+    assert "no-store" in landing["Cache-Control"]
+    assert landing["Referrer-Policy"] == "no-referrer"
+
+
+def test_next_cannot_leave_the_site_when_the_portal_is_mounted_at_the_root():
+    with override_settings(ROOT_URLCONF="tests.test_portal_review"):
+        assert reverse("webhooks_portal:list") == "/"
+        for evil in ("/\t/evil.example/", "/\n/evil.example/", "/\r\n/evil.example", "/ /x"):
+            with pytest.raises(ValueError):
+                magic_link("acme", next=evil)
+        assert magic_link("acme", next="/3/history/").startswith("/open/")
+
+
+# Clickjacking ----------------------------------------------------------------------------
+def test_portal_pages_refuse_framing_without_the_sites_middleware(client, make_endpoint, receiver):
+    from django.conf import settings
+
+    alice = user("alice")
+    endpoint, _ = make_endpoint(receiver.url(), tenant=str(alice.pk))
+    middleware = [m for m in settings.MIDDLEWARE if "XFrameOptions" not in m]
+    with override_settings(MIDDLEWARE=middleware):
+        landing = client.get(magic_link("acme"))
+        assert landing["X-Frame-Options"] == "DENY"
+        client.force_login(alice)
+        for page in (url("list"), url("create"), url("edit", endpoint.pk), url("verify")):
+            assert client.get(page)["X-Frame-Options"] == "DENY", page
+        secret_page = client.post(url("rotate", endpoint.pk), {"grace": "0"})
+        assert "wh-secret-value" in secret_page.content.decode()
+        assert secret_page["X-Frame-Options"] == "DENY"
+    with override_settings(MIDDLEWARE=middleware, X_FRAME_OPTIONS="SAMEORIGIN"):
+        assert client.get(url("list"))["X-Frame-Options"] == "SAMEORIGIN"

@@ -40,7 +40,17 @@ def magic_session(request: HttpRequest) -> str | None:
     if not isinstance(expires, int | float) or expires < time.time():
         session.pop(SESSION_KEY, None)
         return None
+    # Django's login() keeps an anonymous session's data: someone who logs in later in
+    # this browser (a shared computer) must not inherit the link's tenant.
+    if data.get("user") != _user_key(request):
+        session.pop(SESSION_KEY, None)
+        return None
     return tenant
+
+
+def _user_key(request: HttpRequest) -> str | None:
+    user = getattr(request, "user", None)
+    return str(user.pk) if user is not None and user.is_authenticated else None
 
 
 def start_magic_session(request: HttpRequest, tenant: str) -> None:
@@ -49,6 +59,7 @@ def start_magic_session(request: HttpRequest, tenant: str) -> None:
     request.session[SESSION_KEY] = {
         "tenant": tenant,
         "expires": int(time.time() + app_settings.PORTAL_SESSION_SECONDS),
+        "user": _user_key(request),  # who was logged in (or None) when it was opened
     }
 
 
@@ -79,7 +90,11 @@ def portal_access(request: HttpRequest) -> Access:
         if tenant is None:
             return Access(None, refusal=str(_("This account has no webhooks tenant.")))
         access = Access(tenant)
-    if not gating.feature_enabled(tenant, request):
+    # A magic session acts for the link's tenant, not for whoever may be logged in: a
+    # gate that reads the request (its user's plan) would judge the wrong account, so
+    # the tenant-only TENANT_GATE decides when the site has one (as at send time).
+    gate_request = None if access.magic and gating.load_hook("TENANT_GATE") else request
+    if not gating.feature_enabled(tenant, gate_request):
         access.refusal = str(gating.FEATURE_UNAVAILABLE)
     # A magic link is the permission itself: it was issued for this tenant by the site.
     elif not access.magic and not _permission()(request, tenant):

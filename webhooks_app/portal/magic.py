@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from django.core import signing
 from django.db import IntegrityError, transaction
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext_lazy as _
 
 from ..api.tenancy import MAX_TENANT_LENGTH
@@ -59,7 +60,17 @@ def make_link(
 
 def is_portal_path(path: str) -> bool:
     root = reverse("webhooks_portal:list")
-    return isinstance(path, str) and path.startswith(root) and "//" not in path and "\\" not in path
+    return (
+        isinstance(path, str)
+        and path.startswith(root)
+        and "//" not in path
+        and "\\" not in path
+        # Browsers drop tabs and newlines from URLs ("/\t/evil.example" becomes
+        # "//evil.example" when the portal is mounted at the root): only printable text.
+        and path.isprintable()
+        and " " not in path
+        and url_has_allowed_host_and_scheme(path, allowed_hosts=None)
+    )
 
 
 def read_token(token: str) -> dict:

@@ -15,6 +15,7 @@ from functools import wraps
 from types import SimpleNamespace
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import ValidationError
@@ -57,11 +58,26 @@ def _message(request: HttpRequest, level: int, text: str) -> None:
     messages.add_message(request, level, text, fail_silently=True)
 
 
+def frame_guarded(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Pages with secrets and Delete buttons are never framed by another site, even where
+    the site lacks XFrameOptionsMiddleware (its X_FRAME_OPTIONS value, DENY by default)."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = view(request, *args, **kwargs)
+        if "X-Frame-Options" not in response:
+            response["X-Frame-Options"] = getattr(settings, "X_FRAME_OPTIONS", "DENY").upper()
+        return response
+
+    return wrapped
+
+
 def portal_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """Resolve the tenant, apply the gate and permission, then call ``view(request,
     tenant, ...)``."""
 
     @wraps(view)
+    @frame_guarded
     @csrf_protect
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         access = portal_access(request)
@@ -353,6 +369,7 @@ def verify(request: HttpRequest, tenant: str) -> HttpResponse:
 
 
 @require_POST
+@frame_guarded
 @csrf_protect
 def end_session(request: HttpRequest) -> HttpResponse:
     """End a magic-link session (a logged-in user's own login is left alone)."""
@@ -360,6 +377,7 @@ def end_session(request: HttpRequest) -> HttpResponse:
     return _refused(request, _("You have left the webhooks portal."), status=200)
 
 
+@frame_guarded
 @csrf_protect
 def magic_open(request: HttpRequest, token: str) -> HttpResponse:
     """GET: check the link and offer a button (so link scanners that prefetch URLs do not
@@ -369,7 +387,11 @@ def magic_open(request: HttpRequest, token: str) -> HttpResponse:
     except magic.InvalidLink as exc:
         return _refused(request, str(exc))
     if request.method != "POST":
-        return _render(request, "magic.html", {"title": _("Open the webhooks portal")})
+        response = _render(request, "magic.html", {"title": _("Open the webhooks portal")})
+        # The URL holds the token: not kept by caches, not sent on to other sites.
+        response["Cache-Control"] = "no-store, private"
+        response["Referrer-Policy"] = "no-referrer"
+        return response
     start_magic_session(request, payload["t"])
     target = payload.get("x") or reverse("webhooks_portal:list")
     if not magic.is_portal_path(target):
