@@ -231,7 +231,9 @@ def test_a_value_left_masked_is_kept_on_every_edit_path(receiver, make_endpoint,
     assert r.status_code == 400 and "headers" in r.json()
 
 
-def test_an_unsendable_stored_header_is_a_recorded_failure_never_a_500(receiver, make_endpoint):
+def test_an_unsendable_stored_header_is_a_recorded_failure_never_a_500(
+    receiver, make_endpoint, admin_client
+):
     from webhooks_app import services
     from webhooks_app.models import Endpoint
 
@@ -251,6 +253,15 @@ def test_an_unsendable_stored_header_is_a_recorded_failure_never_a_500(receiver,
     assert (d.status, d.claim_token) == ("failed", "") and "Latin-1" in d.last_error
     assert receiver.received == []
     assert services.send_test(Endpoint.objects.get(pk=endpoint.pk)).ok is False
+    # The admin's Test button: a page with the reason, not an error page.
+    from django.urls import reverse
+
+    test_url = reverse("admin:webhooks_app_endpoint_test", args=[endpoint.pk])
+    response = admin_client.post(test_url)
+    assert response.status_code == 302, response.status_code
+    html = admin_client.get(response["Location"]).content.decode()
+    assert "X-Token" in html and "Latin-1" in html
+    assert endpoint.get_secret() not in html
 
 
 # URLs ------------------------------------------------------------------------------------

@@ -322,3 +322,28 @@ def test_admin_shows_breaker_state_and_edits_flow_fields(admin_client, make_endp
     assert response.status_code == 302
     endpoint.refresh_from_db()
     assert (endpoint.rate_limit, endpoint.ordered, endpoint.breaker_state) == (7, True, "half_open")
+
+
+def test_a_stopping_dispatcher_hands_back_deliveries_waiting_for_their_slot(
+    make_endpoint, receiver
+):
+    from webhooks_app import dispatcher
+
+    endpoint, _ = make_endpoint(receiver.url(), rate_limit=2)
+    for n in range(6):
+        emit("user.created", {"n": n})
+    with webhooks(POLL_INTERVAL=1.0):  # books two seconds ahead: 4 slots
+        d = dispatcher.Dispatcher()
+        d.start()
+        try:
+            wait = time.monotonic() + 5
+            while time.monotonic() < wait and not d._timers:
+                time.sleep(0.01)
+            assert d._timers  # claimed, waiting for their slot in the pacer's heap
+        finally:
+            d.stop(timeout=10)
+    rows = Delivery.objects.filter(endpoint=endpoint)
+    assert all(r.claim_token == "" for r in rows)  # none left claimed
+    sent = {r.status for r in rows if r.attempts}
+    assert sent <= {"succeeded"} and len(receiver.received) == len([r for r in rows if r.attempts])
+    assert {r.status for r in rows if not r.attempts} == {"pending"}  # handed back, unsent

@@ -277,3 +277,25 @@ def test_unknown_site_default_is_a_system_check_error():
     assert len(errors) == 1 and "'xml'" in errors[0].msg
     assert "register_payload_format" in errors[0].hint
     assert not [e for e in check_settings() if e.id == "webhooks_app.E007"]
+
+
+def test_test_events_are_flagged_in_envelope_formats_only(receiver, make_endpoint):
+    """send_test(event_type=...) per format: "test": true beside the envelope's keys (not in
+    flat, whose top level is the data); the header always; the SDK still parses it."""
+    bodies = {}
+    for name in formats.BUILTIN:
+        endpoint, secret = make_endpoint(receiver.url(f"/{name}"), payload_format=name)
+        result = services.send_test(endpoint, event_type="user.created")
+        assert result.ok, result.error
+        req = receiver.received[-1]
+        assert req.path == f"/{name}" and req.header("webhook-test") == "true"
+        standardwebhooks.Webhook(secret).verify(req.body, req.headers)
+        bodies[name] = json.loads(req.body)
+    example = {"id": 42, "username": "mike", "email": "mike@example.com"}
+    assert bodies["standard"]["test"] is True and bodies["standard"]["data"] == example
+    assert bodies["type"]["test"] is True and bodies["type"]["data"] == example
+    assert bodies["cloudevents"]["test"] is True
+    assert bodies["flat"] == {**example, "event": "user.created"}
+    ce_req = [r for r in receiver.received if r.path == "/cloudevents"][0]
+    ce = from_http_event(HTTPMessage(headers=ce_req.headers, body=ce_req.body))
+    assert ce.get_extension("test") is True and ce.get_data() == example

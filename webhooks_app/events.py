@@ -19,7 +19,7 @@ from urllib.parse import urlencode, urlsplit
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import connections, router, transaction
 
-from . import formats, jsonenc, matching
+from . import formats, jsonenc, matching, routing
 from .conf import app_settings
 from .transport import wire_query
 
@@ -500,7 +500,10 @@ def emit(
     data = event.data
     if info["schema"] and app_settings.VALIDATE_PAYLOADS:
         validate_payload(event_type, data, info, normalised=True)
-    endpoints = subscribed_endpoints(tenant, event_type, using=using)
+    # Cached per process until an endpoint or subscription changes (routing.py).
+    endpoints = routing.cached(
+        using, (tenant, event_type), lambda: subscribed_endpoints(tenant, event_type, using=using)
+    )
     endpoints = filter_targets(endpoints, event_type, tenant, data)
     now = event.created_at
     due = now + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])

@@ -6,7 +6,7 @@ import secrets
 import time
 from datetime import datetime
 
-from django.db import models
+from django.db import models, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -19,13 +19,118 @@ def new_event_id() -> str:
     return f"evt_{int(time.time() * 1000):011x}{secrets.token_hex(8)}"
 
 
+class RoutingQuerySet(models.QuerySet):
+    """Bulk writes that change the routing stamp (``routing.py``) in the same transaction,
+    unless they only touch the engine's bookkeeping columns, so every process's emit()
+    sees the change at its next call."""
+
+    def _bumping(self, fields) -> bool:
+        return fields is None or not set(fields) <= self.model.ROUTING_BOOKKEEPING
+
+    def update(self, **kwargs):
+        from . import routing
+
+        with transaction.atomic(using=self.db, savepoint=False):
+            changed = super().update(**kwargs)
+            if changed and self._bumping(kwargs):
+                routing.bump(self.db)
+        return changed
+
+    update.alters_data = True
+
+    def delete(self):
+        from . import routing
+
+        with transaction.atomic(using=self.db, savepoint=False):
+            deleted = super().delete()
+            if deleted[0]:
+                routing.bump(self.db)
+        return deleted
+
+    delete.alters_data = True
+    delete.queryset_only = True
+
+    def bulk_create(self, objs, *args, **kwargs):
+        from . import routing
+
+        with transaction.atomic(using=self.db, savepoint=False):
+            created = super().bulk_create(objs, *args, **kwargs)
+            if created:
+                routing.bump(self.db)
+        return created
+
+    def bulk_update(self, objs, fields, *args, **kwargs):
+        from . import routing
+
+        with transaction.atomic(using=self.db, savepoint=False):
+            updated = super().bulk_update(objs, fields, *args, **kwargs)
+            if updated and self._bumping(fields):
+                routing.bump(self.db)
+        return updated
+
+
+class RoutingWrites(models.Model):
+    """Saves and deletes that change the routing stamp, like ``RoutingQuerySet``."""
+
+    # Columns the engine keeps up to date on its own; emit() never reads them.
+    ROUTING_BOOKKEEPING: frozenset[str] = frozenset()
+
+    objects = RoutingQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        from . import routing
+
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        fields = kwargs.get("update_fields")
+        with transaction.atomic(using=using, savepoint=False):
+            super().save(*args, **kwargs)
+            if fields is None or not set(fields) <= self.ROUTING_BOOKKEEPING:
+                routing.bump(using)
+
+    def delete(self, *args, **kwargs):
+        from . import routing
+
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using, savepoint=False):
+            deleted = super().delete(*args, **kwargs)
+            routing.bump(using)
+        return deleted
+
+
+class RoutingStamp(models.Model):
+    """One row (id 1) whose random stamp changes with every routing change (routing.py)."""
+
+    stamp = models.CharField(max_length=32)
+
+    def __str__(self) -> str:
+        return self.stamp
+
+
 class BreakerState(models.TextChoices):
     CLOSED = "closed", _("Closed")
     OPEN = "open", _("Open")
     HALF_OPEN = "half_open", _("Half-open")
 
 
-class Endpoint(models.Model):
+class Endpoint(RoutingWrites):
+    ROUTING_BOOKKEEPING = frozenset(
+        {
+            "consecutive_failures",
+            "breaker_state",
+            "breaker_failures",
+            "breaker_opened_at",
+            "paused_until",
+            "next_slot_at",
+            "notice_sent_at",
+            "notice_failures",
+            "notice_last_error",
+            "updated_at",
+        }
+    )
+
     class Method(models.TextChoices):
         POST = "POST", "POST"
         GET = "GET", "GET"
@@ -185,7 +290,7 @@ class Endpoint(models.Model):
         return sorted(s.event_type for s in self.subscriptions.all() if s.enabled)
 
 
-class Subscription(models.Model):
+class Subscription(RoutingWrites):
     """One event type an endpoint receives; ``enabled`` is the per-event toggle."""
 
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="subscriptions")
