@@ -169,3 +169,42 @@ def test_portal_pages_refuse_framing_without_the_sites_middleware(client, make_e
         assert secret_page["X-Frame-Options"] == "DENY"
     with override_settings(MIDDLEWARE=middleware, X_FRAME_OPTIONS="SAMEORIGIN"):
         assert client.get(url("list"))["X-Frame-Options"] == "SAMEORIGIN"
+
+
+# Awkward input ---------------------------------------------------------------------------
+def form_data(receiver_url: str, **overrides) -> dict:
+    return {
+        "name": "CRM",
+        "url": receiver_url,
+        "events": ["user.created"],
+        "events_toggles": "1",
+        "events_enabled": ["user.created"],
+        "is_active": "on",
+        "method": "POST",
+        **overrides,
+    }
+
+
+def test_json_nested_too_deep_for_the_parser_is_a_field_error(client, make_endpoint, receiver):
+    alice = user("alice")
+    client.force_login(alice)
+    endpoint, _ = make_endpoint(receiver.url(), tenant=str(alice.pk))
+    deep = "[" * 100_000 + "]" * 100_000  # json.loads raises RecursionError, not ValueError
+    for field in (
+        {"payload_filter": deep},
+        {"payload_extra_key": "k", "payload_extra_value": deep},
+    ):
+        for page in (url("create"), url("edit", endpoint.pk)):
+            response = client.post(page, form_data(receiver.url(), **field))
+            assert response.status_code == 200, (page, field)
+            assert response.context["form"].errors, (page, field)
+    assert Endpoint.objects.count() == 1
+
+
+def test_nul_in_payload_fields_is_a_field_error_not_a_database_error(client, receiver):
+    # PostgreSQL's jsonb refuses \u0000: the create used to end in a DataError (a 500).
+    client.force_login(user("alice"))
+    response = client.post(url("create"), form_data(receiver.url(), payload_fields="a\x00b, c"))
+    assert response.status_code == 200
+    assert "payload_fields" in response.context["form"].errors
+    assert not Endpoint.objects.exists()

@@ -117,9 +117,28 @@ class EventsField(forms.Field):
 def _parses_as_json(text: str) -> bool:
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deep to parse: it stays text
         return False
     return True
+
+
+class BoundedJSONField(forms.JSONField):
+    """Django's JSONField, but JSON nested too deep for the parser is a field error, not
+    a RecursionError (a 500) in to_python() or when the form is shown again."""
+
+    default_error_messages = {"too_deep": _("This JSON is nested too deeply.")}
+
+    def to_python(self, value: Any) -> Any:
+        try:
+            return super().to_python(value)
+        except RecursionError:
+            raise ValidationError(self.error_messages["too_deep"], code="too_deep") from None
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return forms.fields.InvalidJSONInput(data)
 
 
 class KeyValueWidget(forms.Widget):
@@ -253,7 +272,7 @@ class EndpointChangeForm(forms.ModelForm):
             "tenant and data. CloudEvents: CloudEvents 1.0 structured JSON."
         ),
     )
-    payload_filter = forms.JSONField(
+    payload_filter = BoundedJSONField(
         label=_("Payload filter"),
         required=False,
         widget=forms.Textarea(attrs={"rows": 4, "cols": 60, "class": "wh-code"}),
