@@ -283,3 +283,47 @@ def test_an_error_report_of_a_portal_page_holds_no_secret_or_header_value(
     assert response.status_code == 500 and reports
     assert own_secret not in reports[0] and "hdr-credential-123" not in reports[0]
     assert Endpoint.objects.get().get_secret() == own_secret  # the report is about this
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_uses_of_one_link_open_one_session():
+    import threading
+
+    from django.db import connection
+
+    from webhooks_app.portal import magic
+
+    token = magic_link("acme").rstrip("/").rsplit("/", 1)[1]
+    barrier = threading.Barrier(4)
+    outcomes = []
+
+    def use() -> None:
+        try:
+            barrier.wait()
+            magic.redeem(token)
+            outcomes.append("opened")
+        except magic.InvalidLink:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=use) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["opened", "refused", "refused", "refused"]
+
+
+def test_the_endpoint_limit_counts_the_portal_tenant_not_the_default_one(
+    client, make_endpoint, receiver
+):
+    alice = user("alice")
+    client.force_login(alice)
+    make_endpoint(receiver.url("/staff"))  # the site's own endpoint, tenant ""
+    with webhooks_settings(MAX_ENDPOINTS_PER_TENANT=1):
+        first = client.post(url("create"), form_data(receiver.url("/a")))
+        assert first.status_code == 200 and "wh-secret-value" in first.content.decode()
+        second = client.post(url("create"), form_data(receiver.url("/b")))
+        assert "already has 1 webhook endpoints" in second.content.decode()
+    assert Endpoint.objects.filter(tenant=str(alice.pk)).count() == 1

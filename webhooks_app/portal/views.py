@@ -217,7 +217,7 @@ def endpoint_list(request: HttpRequest, tenant: str) -> HttpResponse:
 def endpoint_create(request: HttpRequest, tenant: str) -> HttpResponse:
     user = getattr(request, "user", None)
     initial = {"notify_email": getattr(user, "email", "") or ""}
-    form = PortalCreateForm(request.POST or None, initial=initial)
+    form = PortalCreateForm(request.POST or None, initial=initial, tenant=tenant)
     if request.method == "POST" and form.is_valid():
         try:
             endpoint, secret = services.create_endpoint(
