@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import override_settings
@@ -208,3 +210,76 @@ def test_nul_in_payload_fields_is_a_field_error_not_a_database_error(client, rec
     assert response.status_code == 200
     assert "payload_fields" in response.context["form"].errors
     assert not Endpoint.objects.exists()
+
+
+# Every string translatable ---------------------------------------------------------------
+def test_form_labels_and_units_go_through_the_translation_catalogue(
+    client, make_endpoint, receiver, monkeypatch
+):
+    from django.utils import translation
+
+    from webhooks_app import services
+
+    alice = user("alice")
+    client.force_login(alice)
+    endpoint, _ = make_endpoint(
+        receiver.url(), tenant=str(alice.pk), headers={"X-Team": "a"}, payload_extra={"k": 1}
+    )
+    test = services.send_test(endpoint)
+    translation._trans.gettext  # noqa: B018 (Django binds the real function on first use)
+    real = translation._trans.gettext
+    monkeypatch.setattr(translation._trans, "gettext", lambda text: f"⟦{real(text)}⟧")
+    edit = client.get(url("edit", endpoint.pk)).content.decode()
+    assert "<th>⟦Header⟧</th>" in edit and "<th>⟦Key⟧</th>" in edit
+    for page in (
+        url("history", endpoint.pk),
+        url("delivery", endpoint.pk, test.delivery.pk),
+        url("test", endpoint.pk) + f"?result={test.delivery.pk}",
+    ):
+        html = client.get(page).content.decode()
+        assert " ms⟧" in html and not re.search(r"\d ms<", html), page
+
+
+# Secrets in error reports ----------------------------------------------------------------
+def test_an_error_report_of_a_portal_page_holds_no_secret_or_header_value(
+    client, receiver, monkeypatch
+):
+    import sys
+
+    from django.core.signals import got_request_exception
+    from django.views.debug import ExceptionReporter
+
+    from webhooks_app.portal import views
+
+    client.force_login(user("alice"))
+    own_secret = "S3cr3t" * 7
+    real_render = views._render
+
+    def failing_render(request, template, context, status=200):
+        if template == "secret.html":
+            raise RuntimeError("the page broke after the secret was made")
+        return real_render(request, template, context, status)
+
+    monkeypatch.setattr(views, "_render", failing_render)
+    reports = []
+
+    def report(sender, request, **kwargs):
+        reports.append(ExceptionReporter(request, *sys.exc_info()).get_traceback_text())
+
+    got_request_exception.connect(report)
+    client.raise_request_exception = False
+    try:
+        response = client.post(
+            url("create"),
+            form_data(
+                receiver.url(),
+                secret=own_secret,
+                headers_key="Authorization",
+                headers_value="Bearer hdr-credential-123",
+            ),
+        )
+    finally:
+        got_request_exception.disconnect(report)
+    assert response.status_code == 500 and reports
+    assert own_secret not in reports[0] and "hdr-credential-123" not in reports[0]
+    assert Endpoint.objects.get().get_secret() == own_secret  # the report is about this

@@ -141,12 +141,15 @@ class BoundedJSONField(forms.JSONField):
             return forms.fields.InvalidJSONInput(data)
 
 
+NAME_LABEL = _("Name")  # the key column's default heading
+
+
 class KeyValueWidget(forms.Widget):
     """Rows of name/value inputs (``<name>_key`` / ``<name>_value``) plus blank ones."""
 
     template_name = "webhooks_app/admin/widgets/key_value.html"
 
-    def __init__(self, attrs=None, *, key_label: str = "Name", json_values: bool = False):
+    def __init__(self, attrs=None, *, key_label: Any = NAME_LABEL, json_values: bool = False):
         super().__init__(attrs)
         self.key_label = key_label
         self.json_values = json_values
@@ -180,7 +183,7 @@ class KeyValueWidget(forms.Widget):
 class KeyValueField(forms.Field):
     """Name/value rows -> dict; with ``json_values`` a value that parses as JSON is JSON."""
 
-    def __init__(self, *, json_values: bool = False, key_label: str = "Name", **kwargs):
+    def __init__(self, *, json_values: bool = False, key_label: Any = NAME_LABEL, **kwargs):
         self.json_values = json_values
         kwargs.setdefault("widget", KeyValueWidget(key_label=key_label, json_values=json_values))
         kwargs.setdefault("required", False)
@@ -239,7 +242,7 @@ class EndpointChangeForm(forms.ModelForm):
     )
     headers = KeyValueField(
         label=_("Custom headers"),
-        key_label="Header",
+        key_label=_("Header"),
         help_text=_(
             "Sent with every request. Signature, content and connection headers are "
             "reserved. Values are stored encrypted and shown masked; leave a masked value "
@@ -248,7 +251,7 @@ class EndpointChangeForm(forms.ModelForm):
     )
     payload_extra = KeyValueField(
         label=_("Custom payload values"),
-        key_label="Key",
+        key_label=_("Key"),
         json_values=True,
         help_text=_(
             "Added at the top level of every payload. A value that parses as JSON "

@@ -26,6 +26,7 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_POST
 
 from .. import events, queries, services, signing
@@ -155,6 +156,7 @@ def verify_context() -> dict[str, Any]:
     }
 
 
+@sensitive_variables("secret")
 def _secret_page(
     request: HttpRequest, endpoint: Endpoint, secret: str, *, created: bool
 ) -> HttpResponse:
@@ -209,7 +211,9 @@ def endpoint_list(request: HttpRequest, tenant: str) -> HttpResponse:
     return _render(request, "list.html", context)
 
 
+@sensitive_post_parameters("secret", "headers_value")
 @portal_view
+@sensitive_variables("secret")
 def endpoint_create(request: HttpRequest, tenant: str) -> HttpResponse:
     user = getattr(request, "user", None)
     initial = {"notify_email": getattr(user, "email", "") or ""}
@@ -229,6 +233,7 @@ def endpoint_create(request: HttpRequest, tenant: str) -> HttpResponse:
     return _render(request, "form.html", {"form": form, "title": _("Create webhook")})
 
 
+@sensitive_post_parameters("headers_value")
 @portal_view
 def endpoint_edit(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
     endpoint = _endpoint(tenant, pk)
@@ -267,6 +272,7 @@ def endpoint_test(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
 
 
 @portal_view
+@sensitive_variables("secret")
 def endpoint_rotate(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
     endpoint = _endpoint(tenant, pk)
     form = RotateSecretForm(request.POST or None)
