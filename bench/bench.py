@@ -802,8 +802,11 @@ class Bench:
         self.reset()
         prefix = f"/{self.tag}/memory/"
         self.endpoints([self.receiver.url(f"{prefix}e0")])
-        # Printable and incompressible enough; the envelope adds ~150 bytes.
-        blob = "".join(random.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=LARGE_EVENT_BYTES))
+        # Printable and incompressible enough; the whole body stays within 256 KiB (the
+        # default MAX_PAYLOAD_BYTES), the envelope taking the last ~300 bytes.
+        blob = "".join(
+            random.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=LARGE_EVENT_BYTES - 512)
+        )
         # A backlog (as after an outage of the receiver or of the cluster): the worst
         # case for a claim, which then finds every event due at once.
         for start in range(0, events, 10):
