@@ -327,3 +327,62 @@ def test_the_endpoint_limit_counts_the_portal_tenant_not_the_default_one(
         second = client.post(url("create"), form_data(receiver.url("/b")))
         assert "already has 1 webhook endpoints" in second.content.decode()
     assert Endpoint.objects.filter(tenant=str(alice.pk)).count() == 1
+
+
+def test_awkward_values_in_every_form_field_are_field_errors(client, make_endpoint, receiver):
+    # Run on PostgreSQL too: NUL and non-finite numbers are where jsonb and text differ.
+    alice = user("alice")
+    client.force_login(alice)
+    endpoint, _ = make_endpoint(receiver.url(), tenant=str(alice.pk))
+    cases = {
+        "payload_extra": [
+            {"payload_extra_key": "k", "payload_extra_value": "NaN"},
+            {"payload_extra_key": "k", "payload_extra_value": "1e999"},
+            {"payload_extra_key": "k\x00", "payload_extra_value": "1"},
+            {"payload_extra_key": "k", "payload_extra_value": '"a\\u0000b"'},
+        ],
+        "headers": [
+            {"headers_key": "X-A", "headers_value": "a\x00b"},
+            {"headers_key": "X-Ä", "headers_value": "b"},
+        ],
+        "url": [{"url": receiver.url() + "\x00"}, {"url": "https://a.example/" + "a" * 100_000}],
+        "description": [{"description": "x\x00y"}],
+        "notify_email": [{"notify_email": "a\x00@b.com"}],
+        "rate_limit": [{"rate_limit": "1e309"}, {"rate_limit": "9" * 30}],
+        "payload_filter": [
+            {"payload_filter": '{"data.x": NaN}'},
+            {"payload_filter": '{"data.x": "\\u0000"}'},
+        ],
+        "events": [{"events": ["nope\x00"], "events_enabled": ["nope\x00"]}],
+        "method": [{"method": "DELETE"}],
+    }
+    for field, overrides in cases.items():
+        for override in overrides:
+            for page in (url("create"), url("edit", endpoint.pk)):
+                response = client.post(page, form_data(receiver.url(), **override))
+                assert response.status_code == 200, (page, override)
+                assert field in response.context["form"].errors, (page, override)
+    for grace in ("nan", "\x00", "-1", "9" * 30):
+        assert client.post(url("rotate", endpoint.pk), {"grace": grace}).status_code == 200
+    assert Endpoint.objects.count() == 1
+
+
+def test_rest_hooks_refuse_awkward_input_with_400_and_404(make_endpoint, receiver):
+    alice, bob = user("alice"), user("bob")
+    api = APIClient()
+    api.force_authenticate(alice)
+    theirs, _ = make_endpoint(receiver.url(), tenant=str(bob.pk), rest_hook=True)
+    for body in (
+        {"target_url": receiver.url() + "\x00", "event": "user.created"},
+        {"target_url": receiver.url(), "event": "user.created\x00"},
+        {"target_url": receiver.url(), "event": "webhook.test"},
+        {"target_url": "ü" * 3000, "event": "user.created"},
+        {"target_url": None, "event": "user.created"},
+        {"target_url": 1, "event": ["user.created"]},
+    ):
+        assert api.post("/api/webhooks/hooks/", body, format="json").status_code == 400, body
+    for bad in ("abc", "%00", "9" * 40, "-1", "1.0", "١", str(theirs.pk)):
+        assert api.delete(f"/api/webhooks/hooks/{bad}/").status_code == 404, bad
+    for name in ("%00", "ü" * 300, "user.created%00"):
+        assert api.get(f"/api/webhooks/event-types/{name}/sample/").status_code == 404, name
+    assert Endpoint.objects.filter(pk=theirs.pk).exists() and Endpoint.objects.count() == 1
