@@ -137,11 +137,11 @@ def test_a_magic_session_is_gated_by_its_tenant_not_by_a_logged_in_users_plan(
     assert Endpoint.objects.filter(pk=acme.pk).exists()
 
 
-def test_the_magic_landing_page_is_not_cached_and_sends_no_referrer(client):
+def test_the_magic_landing_page_is_not_cached_and_sends_no_referrer_to_other_sites(client):
     landing = client.get(magic_link("acme"))
     assert landing.status_code == 200
     assert "no-store" in landing["Cache-Control"]
-    assert landing["Referrer-Policy"] == "no-referrer"
+    assert landing["Referrer-Policy"] == "same-origin"
 
 
 def test_next_cannot_leave_the_site_when_the_portal_is_mounted_at_the_root():

@@ -394,9 +394,11 @@ def magic_open(request: HttpRequest, token: str) -> HttpResponse:
         return _refused(request, str(exc))
     if request.method != "POST":
         response = _render(request, "magic.html", {"title": _("Open the webhooks portal")})
-        # The URL holds the token: not kept by caches, not sent on to other sites.
+        # The URL holds the token: not kept by caches, not sent on to other sites
+        # ("same-origin", not "no-referrer": that makes the form POST send Origin: null,
+        # which the CSRF check refuses).
         response["Cache-Control"] = "no-store, private"
-        response["Referrer-Policy"] = "no-referrer"
+        response["Referrer-Policy"] = "same-origin"
         return response
     start_magic_session(request, payload["t"])
     target = payload.get("x") or reverse("webhooks_portal:list")
