@@ -52,9 +52,13 @@ def test_probe_every_url_with_huge_and_foreign_ids(client, make_endpoint, receiv
     delivery = Delivery.objects.get()
     big = 10**30
     for page in (
-        url("edit", big), url("test", big), url("history", big),
-        url("delivery", endpoint.pk, big), url("delivery", big, delivery.pk),
-        url("rotate", big), url("delete", big),
+        url("edit", big),
+        url("test", big),
+        url("history", big),
+        url("delivery", endpoint.pk, big),
+        url("delivery", big, delivery.pk),
+        url("rotate", big),
+        url("delete", big),
     ):
         assert client.get(page).status_code == 404, page
         assert client.post(page).status_code == 404, page
@@ -386,3 +390,37 @@ def test_rest_hooks_refuse_awkward_input_with_400_and_404(make_endpoint, receive
     for name in ("%00", "ü" * 300, "user.created%00"):
         assert api.get(f"/api/webhooks/event-types/{name}/sample/").status_code == 404, name
     assert Endpoint.objects.filter(pk=theirs.pk).exists() and Endpoint.objects.count() == 1
+
+
+def test_an_own_endpoint_id_with_a_foreign_delivery_id_is_a_404(client, make_endpoint, receiver):
+    alice, bob = user("alice"), user("bob")
+    client.force_login(alice)
+    mine, _ = make_endpoint(receiver.url("/mine"), tenant=str(alice.pk))
+    theirs, _ = make_endpoint(receiver.url("/theirs"), tenant=str(bob.pk))
+    emit("user.created", {"n": 1}, tenant=str(bob.pk))
+    delivery = Delivery.objects.get(endpoint=theirs)
+    assert client.get(url("delivery", mine.pk, delivery.pk)).status_code == 404
+    assert client.post(url("replay", mine.pk, delivery.pk)).status_code == 404
+    assert (
+        "wh-test-result"
+        not in client.get(url("test", mine.pk), {"result": delivery.pk}).content.decode()
+    )
+
+
+def test_replay_leave_and_the_magic_link_need_the_csrf_token(make_endpoint, receiver):
+    from django.test import Client
+
+    from webhooks_app.models import MagicLinkUse
+
+    strict = Client(enforce_csrf_checks=True)
+    link = magic_link("acme")
+    assert strict.post(link).status_code == 403 and not MagicLinkUse.objects.exists()
+    alice = user("alice")
+    strict.force_login(alice)
+    endpoint, _ = make_endpoint(receiver.url(), tenant=str(alice.pk))
+    emit("user.created", {"n": 1}, tenant=str(alice.pk))
+    delivery = Delivery.objects.get()
+    Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.FAILED)
+    assert strict.post(url("replay", endpoint.pk, delivery.pk)).status_code == 403
+    assert Delivery.objects.get().status == Delivery.Status.FAILED
+    assert strict.post(url("leave")).status_code == 403
