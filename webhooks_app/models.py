@@ -30,9 +30,12 @@ class RoutingQuerySet(models.QuerySet):
     def update(self, **kwargs):
         from . import routing
 
+        if not self._bumping(kwargs):
+            # The engine's bookkeeping (after every chunk): one plain statement, as before.
+            return super().update(**kwargs)
         with transaction.atomic(using=self.db, savepoint=False):
             changed = super().update(**kwargs)
-            if changed and self._bumping(kwargs):
+            if changed:
                 routing.bump(self.db)
         return changed
 

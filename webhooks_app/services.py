@@ -148,6 +148,9 @@ def _clean_payload_fields(value: Any) -> list[str]:
         raise ValidationError("Give a list of field names.", code="invalid")
     if any(not isinstance(v, str) or not v.strip() for v in value):
         raise ValidationError("Field names must be non-empty text.", code="invalid")
+    # PostgreSQL's jsonb cannot hold NUL (a DataError, a 500), and no key contains one.
+    if any("\x00" in v for v in value):
+        raise ValidationError("Field names cannot contain NUL characters.", code="invalid")
     limit = app_settings.MAX_PAYLOAD_FIELDS
     if len(value) > limit:
         raise ValidationError(

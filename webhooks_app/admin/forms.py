@@ -117,9 +117,31 @@ class EventsField(forms.Field):
 def _parses_as_json(text: str) -> bool:
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deep to parse: it stays text
         return False
     return True
+
+
+class BoundedJSONField(forms.JSONField):
+    """Django's JSONField, but JSON nested too deep for the parser is a field error, not
+    a RecursionError (a 500) in to_python() or when the form is shown again."""
+
+    default_error_messages = {"too_deep": _("This JSON is nested too deeply.")}
+
+    def to_python(self, value: Any) -> Any:
+        try:
+            return super().to_python(value)
+        except RecursionError:
+            raise ValidationError(self.error_messages["too_deep"], code="too_deep") from None
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return forms.fields.InvalidJSONInput(data)
+
+
+NAME_LABEL = _("Name")  # the key column's default heading
 
 
 class KeyValueWidget(forms.Widget):
@@ -127,7 +149,7 @@ class KeyValueWidget(forms.Widget):
 
     template_name = "webhooks_app/admin/widgets/key_value.html"
 
-    def __init__(self, attrs=None, *, key_label: str = "Name", json_values: bool = False):
+    def __init__(self, attrs=None, *, key_label: Any = NAME_LABEL, json_values: bool = False):
         super().__init__(attrs)
         self.key_label = key_label
         self.json_values = json_values
@@ -161,7 +183,7 @@ class KeyValueWidget(forms.Widget):
 class KeyValueField(forms.Field):
     """Name/value rows -> dict; with ``json_values`` a value that parses as JSON is JSON."""
 
-    def __init__(self, *, json_values: bool = False, key_label: str = "Name", **kwargs):
+    def __init__(self, *, json_values: bool = False, key_label: Any = NAME_LABEL, **kwargs):
         self.json_values = json_values
         kwargs.setdefault("widget", KeyValueWidget(key_label=key_label, json_values=json_values))
         kwargs.setdefault("required", False)
@@ -220,7 +242,7 @@ class EndpointChangeForm(forms.ModelForm):
     )
     headers = KeyValueField(
         label=_("Custom headers"),
-        key_label="Header",
+        key_label=_("Header"),
         help_text=_(
             "Sent with every request. Signature, content and connection headers are "
             "reserved. Values are stored encrypted and shown masked; leave a masked value "
@@ -229,7 +251,7 @@ class EndpointChangeForm(forms.ModelForm):
     )
     payload_extra = KeyValueField(
         label=_("Custom payload values"),
-        key_label="Key",
+        key_label=_("Key"),
         json_values=True,
         help_text=_(
             "Added at the top level of every payload. A value that parses as JSON "
@@ -253,7 +275,7 @@ class EndpointChangeForm(forms.ModelForm):
             "tenant and data. CloudEvents: CloudEvents 1.0 structured JSON."
         ),
     )
-    payload_filter = forms.JSONField(
+    payload_filter = BoundedJSONField(
         label=_("Payload filter"),
         required=False,
         widget=forms.Textarea(attrs={"rows": 4, "cols": 60, "class": "wh-code"}),

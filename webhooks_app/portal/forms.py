@@ -7,8 +7,10 @@ They inherit the admin form's fields and widgets, so an option added there (and 
 from __future__ import annotations
 
 from django import forms
+from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
+from .. import services
 from ..admin.forms import EndpointAddForm, EndpointChangeForm, RotateSecretForm
 
 # Shown first; every other field of the form goes under "More options".
@@ -29,7 +31,8 @@ class PortalCreateForm(_PortalFields, EndpointAddForm):
     class Meta(EndpointAddForm.Meta):
         fields = [f for f in EndpointAddForm.Meta.fields if f != "tenant"]
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, tenant: str = "", **kwargs):
+        self.tenant = tenant  # the portal's tenant: the form has no tenant field
         super().__init__(*args, **kwargs)
         self.fields["url"].widget.attrs["placeholder"] = "https://"
         self.fields["is_active"].initial = True
@@ -37,6 +40,17 @@ class PortalCreateForm(_PortalFields, EndpointAddForm):
             "Leave blank to generate a secure secret (recommended), or enter your own of "
             "at least 32 characters. It is shown once after saving."
         )
+
+
+    def clean(self) -> dict:
+        # The admin form checks the limit of the tenant field it has; this one has none,
+        # so its check would count the default tenant "" instead of the portal's.
+        cleaned = super(EndpointAddForm, self).clean()
+        try:
+            services.check_endpoint_limit(self.tenant)
+        except ValidationError as exc:
+            self.add_error(None, exc)
+        return cleaned
 
 
 class PortalEditForm(_PortalFields, EndpointChangeForm):

@@ -26,6 +26,7 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_POST
 
 from .. import events, queries, services, signing
@@ -155,6 +156,7 @@ def verify_context() -> dict[str, Any]:
     }
 
 
+@sensitive_variables("secret")
 def _secret_page(
     request: HttpRequest, endpoint: Endpoint, secret: str, *, created: bool
 ) -> HttpResponse:
@@ -209,11 +211,13 @@ def endpoint_list(request: HttpRequest, tenant: str) -> HttpResponse:
     return _render(request, "list.html", context)
 
 
+@sensitive_post_parameters("secret", "headers_value")
 @portal_view
+@sensitive_variables("secret")
 def endpoint_create(request: HttpRequest, tenant: str) -> HttpResponse:
     user = getattr(request, "user", None)
     initial = {"notify_email": getattr(user, "email", "") or ""}
-    form = PortalCreateForm(request.POST or None, initial=initial)
+    form = PortalCreateForm(request.POST or None, initial=initial, tenant=tenant)
     if request.method == "POST" and form.is_valid():
         try:
             endpoint, secret = services.create_endpoint(
@@ -229,6 +233,7 @@ def endpoint_create(request: HttpRequest, tenant: str) -> HttpResponse:
     return _render(request, "form.html", {"form": form, "title": _("Create webhook")})
 
 
+@sensitive_post_parameters("headers_value")
 @portal_view
 def endpoint_edit(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
     endpoint = _endpoint(tenant, pk)
@@ -267,6 +272,7 @@ def endpoint_test(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
 
 
 @portal_view
+@sensitive_variables("secret")
 def endpoint_rotate(request: HttpRequest, tenant: str, pk: int) -> HttpResponse:
     endpoint = _endpoint(tenant, pk)
     form = RotateSecretForm(request.POST or None)
@@ -388,9 +394,11 @@ def magic_open(request: HttpRequest, token: str) -> HttpResponse:
         return _refused(request, str(exc))
     if request.method != "POST":
         response = _render(request, "magic.html", {"title": _("Open the webhooks portal")})
-        # The URL holds the token: not kept by caches, not sent on to other sites.
+        # The URL holds the token: not kept by caches, not sent on to other sites
+        # ("same-origin", not "no-referrer": that makes the form POST send Origin: null,
+        # which the CSRF check refuses).
         response["Cache-Control"] = "no-store, private"
-        response["Referrer-Policy"] = "no-referrer"
+        response["Referrer-Policy"] = "same-origin"
         return response
     start_magic_session(request, payload["t"])
     target = payload.get("x") or reverse("webhooks_portal:list")
