@@ -406,7 +406,26 @@ def clean_idempotency_key(key: Any) -> str:
         )
     if "\x00" in key:
         raise ValidationError({"idempotency_key": ["The key must not contain NUL."]})
+    if jsonenc.has_lone_surrogate(key):
+        raise ValidationError({"idempotency_key": ["The key must not contain lone surrogates."]})
     return key
+
+
+def clean_tenant(tenant: Any) -> str:
+    """``tenant`` as emit() and touch() store it: text of at most 100 characters that the
+    database can hold (no NUL, no lone surrogate); None means the single-tenant ``""``."""
+    if tenant is None:
+        return ""
+    if (
+        not isinstance(tenant, str)
+        or len(tenant) > 100
+        or "\x00" in tenant
+        or jsonenc.has_lone_surrogate(tenant)
+    ):
+        raise ValidationError(
+            {"tenant": ["The tenant must be text of at most 100 characters, without NUL."]}
+        )
+    return tenant
 
 
 def _claim_key(key: str, event, stored: bool, using: str | None):
@@ -493,7 +512,7 @@ def emit(
     if idempotency_key is not None:
         idempotency_key = clean_idempotency_key(idempotency_key)
     data = {} if data is None else data
-    tenant = tenant or ""
+    tenant = clean_tenant(tenant)
     # Everything that can refuse the data runs before the first SQL statement, so a
     # ValidationError leaves the caller's transaction usable.
     event, env = new_event(event_type, data, tenant)

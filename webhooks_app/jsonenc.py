@@ -49,6 +49,15 @@ _django = DjangoJSONEncoder()
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (no UTF-8 for it: the database driver's
+    encode would fail, a 500)."""
+    return _SURROGATE.search(text) is not None
+
+
 def _invalid(path: str, message: str) -> ValidationError:
     where = path or "the value"
     return ValidationError(f"{where}: {message}", code="invalid_json")
@@ -140,6 +149,10 @@ class _Walk:
         return self.value(converted, depth)
 
     def large_int(self, n: int) -> str:
+        if n.bit_length() > 1000:  # ~300 digits: str() of a 4300-digit int is a ValueError
+            raise self.fail(
+                f"an integer of {n.bit_length()} bits is too large to send; send it as a string"
+            )
         if self.large == "string":
             return str(n)
         raise self.fail(

@@ -32,6 +32,7 @@ MAX_DEPTH = 10
 MAX_FILTER_BYTES = 10_000
 MAX_IN_ITEMS = 1_000
 _PREFIX = re.compile(r"^[^\s*]+$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # Wildcards ---------------------------------------------------------------------------
@@ -97,6 +98,8 @@ def _check_json(value: Any, where: str, depth: int) -> None:
     if isinstance(value, str):
         if "\x00" in value:
             raise _error("Null characters are not allowed (at %(path)s).", path=where)
+        if _SURROGATE.search(value):  # no UTF-8 for it: a 500 from the database
+            raise _error("Lone surrogates are not allowed (at %(path)s).", path=where)
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise _error("%(path)s: numbers must be finite.", path=where)
@@ -171,6 +174,7 @@ def _check_filter(value: Any, where: str, depth: int) -> None:
     for key, cond in value.items():
         if not isinstance(key, str) or not key:
             raise _error("Filter keys must be non-empty text.")
+        _check_json(key, where or "the top of the filter", depth)
         if key in LOGICAL:
             here = f"{where}.{key}" if where else key
             if not isinstance(cond, list | tuple) or not cond:

@@ -49,6 +49,12 @@ def reserved_payload_keys(payload_format: str = "") -> set[str]:
 
 
 # Validation ------------------------------------------------------------------------------
+def _storable(text: str) -> bool:
+    """Whether the database can hold ``text``: PostgreSQL refuses NUL (a DataError), and a
+    lone surrogate has no UTF-8 (the driver's encode fails) on every database."""
+    return "\x00" not in text and not jsonenc.has_lone_surrogate(text)
+
+
 def _clean_events(value: Any, subscribed: Iterable[str] = ()) -> dict[str, bool]:
     """``["a", "b"]`` or ``{"a": True, "b": False}`` -> {type: enabled}.
 
@@ -64,6 +70,8 @@ def _clean_events(value: Any, subscribed: Iterable[str] = ()) -> dict[str, bool]
     known = events.event_types()
     if any(not isinstance(n, str) for n in toggles):
         raise ValidationError("Event types must be text.", code="invalid")
+    if not all(_storable(n) for n in toggles):
+        raise ValidationError("Event types cannot contain NUL or lone surrogates.", code="invalid")
     patterns = [n for n in toggles if "*" in n]
     for name in patterns:
         matching.validate_pattern(name)
@@ -149,7 +157,7 @@ def _clean_payload_fields(value: Any) -> list[str]:
     if any(not isinstance(v, str) or not v.strip() for v in value):
         raise ValidationError("Field names must be non-empty text.", code="invalid")
     # PostgreSQL's jsonb cannot hold NUL (a DataError, a 500), and no key contains one.
-    if any("\x00" in v for v in value):
+    if not all(_storable(v) for v in value):
         raise ValidationError("Field names cannot contain NUL characters.", code="invalid")
     limit = app_settings.MAX_PAYLOAD_FIELDS
     if len(value) > limit:
@@ -194,6 +202,10 @@ def _clean_field(name: str, value: Any) -> Any:
             raise ValidationError("Must be text.", code="invalid")
         if name == "name" and len(value) > 200:
             raise ValidationError("At most 200 characters.", code="max_length")
+        if not _storable(value):
+            raise ValidationError(
+                "Cannot contain NUL characters or lone surrogates.", code="invalid"
+            )
         return value.strip()
     if name == "rate_limit":
         if value in (None, ""):
@@ -214,6 +226,8 @@ def _clean_field(name: str, value: Any) -> Any:
     if name == "notify_email":
         if value in (None, ""):
             return ""
+        if not isinstance(value, str) or len(value) > 254:  # the column's max_length
+            raise ValidationError("Enter a valid email address.", code="invalid")
         validate_email(value)
         return value
     if name == "headers":
@@ -333,7 +347,9 @@ def create_endpoint(
             plaintext = validate_secret(secret)
         except ValidationError as exc:
             errors["secret"] = exc.error_list
-    if tenant is not None and (not isinstance(tenant, str) or len(tenant) > 100):
+    if tenant is not None and (
+        not isinstance(tenant, str) or len(tenant) > 100 or not _storable(tenant)
+    ):
         errors["tenant"] = [ValidationError("The tenant must be text of at most 100 characters.")]
     else:
         try:

@@ -52,10 +52,15 @@ def touch(
     from .conf import app_settings
     from .models import InactivityTimer
 
-    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH or "\x00" in key:
+    if (
+        not isinstance(key, str)
+        or not key
+        or len(key) > MAX_KEY_LENGTH
+        or "\x00" in key
+        or jsonenc.has_lone_surrogate(key)
+    ):
         raise ValidationError({"key": [f"The key must be text of 1-{MAX_KEY_LENGTH} characters."]})
-    if tenant is not None and (not isinstance(tenant, str) or len(tenant) > 100):
-        raise ValidationError({"tenant": ["The tenant must be text of at most 100 characters."]})
+    tenant = events.clean_tenant(tenant)
     seconds = _idle_seconds(idle)
     info = events.check_event_type(event_type)
     if event_type == events.TEST_EVENT:
