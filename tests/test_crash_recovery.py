@@ -7,10 +7,12 @@ the length of a timeout), while a slow send by a live worker is never handed out
 import re
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.test import override_settings
+from django.utils import timezone
 
 from tests.receiver import Reply
 from webhooks_app import emit, engine
@@ -159,3 +161,30 @@ def test_no_duplicates_when_nothing_crashes_even_with_sends_longer_than_the_leas
     assert slow.public_id in ids
     rows = Delivery.objects.filter(event__in=[slow, *events])
     assert {(d.status, d.attempts) for d in rows} == {("succeeded", 1)}
+
+
+def test_a_lease_that_ran_out_is_not_renewed_after_another_worker_took_part_of_it(
+    receiver, make_endpoint
+):
+    """The heartbeat stalled (database slow) past the lease; another worker claimed one
+    of the rows. The late renewal still matched the other row, which extended the whole
+    claim: the stolen row was then sent twice."""
+    make_endpoint(receiver.url())
+    with webhooks(LEASE_SECONDS=6):
+        emit("user.created", {"n": 0})
+        emit("user.created", {"n": 1})
+        token, rows = engine.claim(10)
+        assert len(rows) == 2
+        # The lease ran out in the database (its heartbeat did not get through).
+        Delivery.objects.filter(claim_token=token).update(
+            next_attempt_at=timezone.now() - timedelta(seconds=1)
+        )
+        other, stolen = engine.claim(1)  # another worker
+        assert len(stolen) == 1
+        engine._leases.renew(force=True)  # the late heartbeat
+        engine.deliver_chunk(token, rows)
+        engine.deliver_chunk(other, stolen)
+    receiver.wait_for(1)
+    time.sleep(0.3)
+    got = [r.header("webhook-id") for r in receiver.received]
+    assert got.count(stolen[0].event.public_id) == 1, got

@@ -347,3 +347,18 @@ def test_a_stopping_dispatcher_hands_back_deliveries_waiting_for_their_slot(
     sent = {r.status for r in rows if r.attempts}
     assert sent <= {"succeeded"} and len(receiver.received) == len([r for r in rows if r.attempts])
     assert {r.status for r in rows if not r.attempts} == {"pending"}  # handed back, unsent
+
+
+def test_ordered_and_rate_limited_endpoint_holds_later_deliveries_behind_a_failing_one(
+    make_endpoint, receiver
+):
+    """Paced rows go out one by one at their slots: an ordered endpoint's later rows must
+    not leave while an earlier one failed and waits for its retry."""
+    make_endpoint(receiver.url("/ordered"), ordered=True, rate_limit=20)
+    receiver.script(Reply(500))
+    with webhooks(RETRY_SCHEDULE=[0, 30]):
+        for n in range(3):
+            emit("user.created", {"n": n})
+        engine.drain(max_seconds=3)
+        time.sleep(0.3)
+    assert numbers(receiver.received) == [0]  # 1 and 2 wait behind the failed 0

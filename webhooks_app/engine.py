@@ -131,10 +131,14 @@ class _Leases:
             started = time.monotonic()
             try:
                 with _writing(db):
+                    now = timezone.now()  # (after any wait for SQLite's lock)
                     renewed = (
                         Delivery.objects.using(db)
-                        .filter(id__in=ids, claim_token=token)
-                        .update(next_attempt_at=timezone.now() + timedelta(seconds=lease))
+                        # Only a lease still running: once it ran out (a heartbeat late
+                        # past it), another worker may hold some of these rows; renewing
+                        # the rest would let this chunk send rows it no longer owns.
+                        .filter(id__in=ids, claim_token=token, next_attempt_at__gt=now)
+                        .update(next_attempt_at=now + timedelta(seconds=lease))
                     )
             except DatabaseError:
                 logger.warning("renewing a claim failed; retrying", exc_info=True)
@@ -410,6 +414,10 @@ def _admit(
                     Endpoint.objects.using(db).filter(id=ep.id).update(paused_until=head_due)
                 continue
         if single:
+            rows = rows[:1]
+        if ep.ordered and ep.rate_limit:
+            # Paced rows go out one by one at their slots, not as one chunk that stops at
+            # a failure: one at a time, or later ones would pass a failed earlier one.
             rows = rows[:1]
         if ep.rate_limit:
             interval = 1.0 / ep.rate_limit
