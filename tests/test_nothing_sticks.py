@@ -1,10 +1,13 @@
 """Nothing sticks, nothing leaks (issue 9 §4): every claimed row ends recorded or handed
 back, whatever fails on the way; awkward outcomes are recorded; tests stay synchronous."""
 
+from datetime import timedelta
+
 import pytest
 from django.conf import settings
 from django.db import DatabaseError
 from django.test import override_settings
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from tests.receiver import Reply
@@ -223,3 +226,29 @@ def test_endpoint_names_with_newlines_do_not_drop_notices(receiver, make_endpoin
         "Webhook delivery failed: CRM Bcc: evil@example.com",
     ]
     assert all(m.to == ["o@example.com"] and not m.bcc for m in mailoutbox)
+
+
+def test_a_test_send_whose_process_died_does_not_stay_pending_forever(make_endpoint, receiver):
+    """send_test() leaves its row pending with no due time while it sends (no worker
+    claims a test); a process killed mid-send left it so for good."""
+    endpoint, _ = make_endpoint(receiver.url())
+    died = services.send_test(endpoint).delivery
+    fresh = services.send_test(endpoint).delivery
+    for d, age in ((died, timedelta(hours=1)), (fresh, timedelta(0))):
+        Delivery.objects.filter(pk=d.pk).update(  # as the killed send_test left it
+            status="pending",
+            next_attempt_at=None,
+            claim_token="abc",
+            created_at=timezone.now() - age,
+        )
+    d = dispatcher.Dispatcher()  # (not started: its loop's periodic step only)
+    try:
+        d._flush_notices()
+    finally:
+        d._pool.shutdown()
+        d._paced_pool.shutdown()
+    died.refresh_from_db()
+    fresh.refresh_from_db()
+    assert (died.status, died.claim_token) == ("failed", "")
+    assert "interrupted" in died.last_error
+    assert (fresh.status, fresh.claim_token) == ("pending", "abc")  # may still be sending

@@ -182,6 +182,7 @@ class Dispatcher:
             return
         self._next_notice_flush = now + NOTICE_FLUSH_SECONDS
         notices.send_due_digests()
+        engine.fail_abandoned_tests()  # (same cadence: one cheap UPDATE)
 
     def pump(self) -> None:
         """Claim and hand out due deliveries while there are free sender threads."""

@@ -495,6 +495,29 @@ def _update_claimed(token: str, ids: Iterable[int], **values) -> None:
         _leases.forget(token, ids)
 
 
+def fail_abandoned_tests() -> int:
+    """Fail test sends whose process died mid-send (pending, no due time, claimed by
+    send_test, older than any send can take): no worker claims a test, so without this
+    one would stay pending forever. Called by every dispatcher now and then."""
+    cutoff = timezone.now() - timedelta(seconds=app_settings.TIMEOUT + 60)
+    db = _db()
+    with _writing(db):
+        return (
+            Delivery.objects.using(db)
+            .filter(
+                status=Delivery.Status.PENDING,
+                next_attempt_at__isnull=True,
+                event_type=TEST_EVENT,
+                created_at__lt=cutoff,
+            )
+            .update(
+                status=Delivery.Status.FAILED,
+                claim_token="",
+                last_error="The test send was interrupted (its process stopped); send it again.",
+            )
+        )
+
+
 def release(token: str, ids: Iterable[int]) -> None:
     """Hand claimed deliveries back unattempted, due at once."""
     _update_claimed(token, ids, next_attempt_at=timezone.now())
