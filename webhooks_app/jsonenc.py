@@ -43,9 +43,6 @@ _HARD_DEPTH = 200
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
 _DIGITS = frozenset("0123456789")
 _django = DjangoJSONEncoder()
-_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
-_DIGITS = frozenset("0123456789")
-_django = DjangoJSONEncoder()
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
