@@ -113,19 +113,21 @@ def filter_deliveries(
 
     ``event`` is an event's public id (``evt_...``): "what happened to event X".
     """
-    if event:
-        queryset = queryset.filter(event__public_id=event)
-    if status:
-        queryset = queryset.filter(status=status)
-    if event_type:
-        queryset = queryset.filter(event_type=event_type)
-    if created_after is not None:
-        queryset = queryset.filter(created_at__gte=created_after)
-    if created_before is not None:
-        queryset = queryset.filter(created_at__lt=created_before)
-    if endpoint_id is not None:
-        queryset = queryset.filter(endpoint_id=endpoint_id)
-    return queryset
+    return _narrow(
+        queryset,
+        event__public_id=event or None,
+        status=status or None,
+        event_type=event_type or None,
+        created_at__gte=created_after,
+        created_at__lt=created_before,
+        endpoint_id=endpoint_id,
+    )
+
+
+def _narrow(queryset: QuerySet, **lookups: Any) -> QuerySet:
+    """``queryset`` filtered by every lookup whose value is not ``None``."""
+    given = {k: v for k, v in lookups.items() if v is not None}
+    return queryset.filter(**given) if given else queryset
 
 
 def delivery_detail(queryset: QuerySet[Delivery], pk: int) -> Delivery | None:
@@ -245,15 +247,13 @@ def filter_events(
     public_id: str | None = None,
 ) -> QuerySet[Event]:
     """Narrow an event queryset; each argument left ``None`` (or empty) is no filter."""
-    if public_id:
-        queryset = queryset.filter(public_id=public_id)
-    if event_type:
-        queryset = queryset.filter(event_type=event_type)
-    if created_after is not None:
-        queryset = queryset.filter(created_at__gte=created_after)
-    if created_before is not None:
-        queryset = queryset.filter(created_at__lt=created_before)
-    return queryset
+    return _narrow(
+        queryset,
+        public_id=public_id or None,
+        event_type=event_type or None,
+        created_at__gte=created_after,
+        created_at__lt=created_before,
+    )
 
 
 def event_list_columns(queryset: QuerySet[Event]) -> QuerySet[Event]:
