@@ -112,6 +112,13 @@ def address_refusal(ip: IPAddress) -> str | None:
 def resolve(host: str, port: int) -> list[IPAddress]:
     """All addresses ``host`` resolves to."""
     try:
+        # An IP literal in canonical form is its own only address: no resolver call (one
+        # getaddrinfo, and a GIL hand-off, per attempt). Other spellings ("0177.1",
+        # "2130706433") are not canonical and go to getaddrinfo like host names.
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise ResolutionError(f"could not resolve {host}: {exc}") from None
