@@ -251,6 +251,9 @@ def main() -> None:
     parser.add_argument(
         "--database-url", default=f"sqlite:///{ROOT / 'var' / 'bench_prune.sqlite3'}"
     )
+    parser.add_argument(
+        "--batch", type=int, help="PRUNE_BATCH_SIZE (default: the setting's, 100 / 1000)"
+    )
     parser.add_argument("--emitter", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.emitter:
@@ -266,6 +269,10 @@ def main() -> None:
     from webhooks_app.models import Delivery
 
     vendor = connection.vendor
+    if args.batch:
+        from django.conf import settings
+
+        settings.WEBHOOKS_APP = {**settings.WEBHOOKS_APP, "PRUNE_BATCH_SIZE": args.batch}
     print(f"building {args.rows:,} deliveries on {vendor} ...", flush=True)
     built = build(args.rows, args.keep)
     print(f"built in {built['build_s']:.0f} s", flush=True)
