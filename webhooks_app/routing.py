@@ -18,7 +18,9 @@ drops this process's cache). When the listener is not confirmed live (starting, 
 outage, or ``ROUTING_LISTEN`` off, e.g. behind PgBouncer in transaction pooling), under an
 isolation level above READ COMMITTED, and on other databases, every emit reads the stamp
 (one primary-key read) and reuses only what was cached under the same stamp (a
-rolled-back stamp never comes back: stamps are random, not counters).
+rolled-back stamp never comes back: stamps are random, not counters). A connection that
+dies without an error (a silent network loss) is trusted for at most ``LIVE_FOR`` seconds
+after its last check, so that is the most a change can go unseen then.
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ def cached(using: str | None, key: tuple, load: Callable[[], Any]) -> Any:
     if (
         conn.vendor == "postgresql"
         and app_settings.ROUTING_LISTEN
-        and _read_committed(conn)
+        and _can_listen(conn)
         and _listener(db).live_until > time.monotonic()
         # Manual transaction management gets no on_commit marker: read the stamp.
         and (conn.in_atomic_block or conn.get_autocommit())
@@ -197,13 +199,14 @@ def _cached_fresh(db: str, key: tuple, load: Callable[[], Any]) -> Any:
     return found
 
 
-def _read_committed(conn) -> bool:
-    # Each statement sees what was committed before it started, so a load that starts
-    # after a notification sees its change; an older snapshot may not.
-    from psycopg import IsolationLevel
+def _can_listen(conn) -> bool:
+    """psycopg 3 (the listener's client) and READ COMMITTED: each statement sees what was
+    committed before it started, so a load that starts after a notification sees its
+    change; an older snapshot may not."""
+    from django.db.backends.postgresql.psycopg_any import IsolationLevel, is_psycopg3
 
     level = conn.settings_dict["OPTIONS"].get("isolation_level")
-    return level is None or IsolationLevel(level) == IsolationLevel.READ_COMMITTED
+    return is_psycopg3 and (level is None or IsolationLevel(level) == IsolationLevel.READ_COMMITTED)
 
 
 def _listener(db: str) -> Listener:
