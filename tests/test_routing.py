@@ -373,3 +373,27 @@ def test_with_routing_listen_off_every_emit_reads_the_stamp(make_endpoint):
     time.sleep(0.2)
     assert listener_backends() == []
     assert not routing.listening()
+
+
+@postgres_only
+def test_a_forked_child_listens_on_its_own_connection(make_endpoint):
+    # django-q2's workers are forked from a process that may already listen.
+    endpoint, _ = make_endpoint("http://127.0.0.1:9/a")
+    parent = listener_backends()
+    connection.close()  # the child must not share this process's connection
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        ok = False
+        try:
+            ok = routed(emit("user.created", {})) == {endpoint.pk}
+            wait_for(routing.listening, 5.0, "listening in the child")
+            ok = ok and len(listener_backends()) == 1  # its own, named by its pid
+            Endpoint.objects.filter(pk=endpoint.pk).update(is_active=False)
+            ok = ok and emit("user.created", {}).pk is None
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    settle()
+    assert emit("user.created", {}).pk is None  # the child's change, notified here
+    assert listener_backends() == parent  # the child never closed the parent's socket
