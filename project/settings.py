@@ -164,6 +164,7 @@ WEBHOOKS_APP = {
     "BREAKER_COOLDOWN": env.float("WEBHOOKS_BREAKER_COOLDOWN", default=30.0),
     "BREAKER_DISABLE_AFTER": env.float("WEBHOOKS_BREAKER_DISABLE_AFTER", default=0),
     "NOTIFY_INTERVAL": env.float("WEBHOOKS_NOTIFY_INTERVAL", default=3600.0),
+    "ROUTING_LISTEN": env.bool("WEBHOOKS_ROUTING_LISTEN", default=True),
     # The customer portal (/webhooks/) inside the demo site's own layout and menu.
     "PORTAL_BASE_TEMPLATE": "site_base.html",
     "MODEL_EVENTS": {

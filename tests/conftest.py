@@ -53,6 +53,9 @@ def _no_stray_database_sessions(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
         from django.db import connection
 
+        from webhooks_app import routing
+
+        routing.stop()  # its connection would come back
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute(

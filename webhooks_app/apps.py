@@ -24,10 +24,14 @@ class WebhooksAppConfig(AppConfig):
         model_events.connect_model_signals()
         from django.db.models.signals import post_migrate
 
+        from . import routing
         from .retention import on_post_migrate
 
         # The prune schedule is created after migrate, not here: no DB access in ready().
         post_migrate.connect(on_post_migrate, sender=self, dispatch_uid="webhooks_app.prune")
+        post_migrate.connect(
+            routing.on_post_migrate, sender=self, dispatch_uid="webhooks_app.routing"
+        )
         from django.db.backends.signals import connection_created
 
         from .sqlite_checkpoints import on_connection_created

@@ -145,6 +145,10 @@ DEFAULTS: dict[str, Any] = {
     # The SSRF check still applies to the destination, before the proxy is contacted,
     # and the proxy is asked for the checked address, not the name. None: direct.
     "PROXY": None,
+    # On PostgreSQL, emit() learns of endpoint and subscription changes by LISTEN/NOTIFY
+    # and skips its per-emit read of the routing stamp (routing.py). Turn it off where
+    # LISTEN does not work, e.g. behind PgBouncer in transaction-pooling mode.
+    "ROUTING_LISTEN": True,
 }
 
 
@@ -318,7 +322,6 @@ class AppSettings:
         value = self._get("VALIDATE_PAYLOADS")
         return bool(settings.DEBUG) if value is None else bool(value)
 
-
     @property
     def MAX_PAYLOAD_BYTES(self) -> int:
         return max(0, int(self._get("MAX_PAYLOAD_BYTES") or 0))
@@ -332,7 +335,7 @@ class AppSettings:
         value = self._get("LARGE_INTEGERS")
         if value not in ("refuse", "string"):
             raise ImproperlyConfigured(
-                "WEBHOOKS_APP['LARGE_INTEGERS'] must be \"refuse\" or \"string\"."
+                'WEBHOOKS_APP[\'LARGE_INTEGERS\'] must be "refuse" or "string".'
             )
         return value
 
@@ -397,6 +400,10 @@ class AppSettings:
                 "WEBHOOKS_APP['PROXY'] must be an http:// or https:// URL of the proxy."
             )
         return value
+
+    @property
+    def ROUTING_LISTEN(self) -> bool:
+        return bool(self._get("ROUTING_LISTEN"))
 
 
 app_settings = AppSettings()
