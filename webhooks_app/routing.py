@@ -138,6 +138,12 @@ def current(using: str | None = None) -> str | None:
 
     conn = connections[_db(using)]
     q = conn.ops.quote_name
+    if conn.vendor == "sqlite" and conn.connection is not None:
+        # The driver's own cursor: Django's wrapper (parameter style, error wrapping)
+        # cost more than this one-row read on every emit().
+        sql = f"SELECT {q('stamp')} FROM {q(RoutingStamp._meta.db_table)} WHERE {q('id')} = ?"
+        row = conn.connection.execute(sql, (STAMP_ID,)).fetchone()
+        return row[0] if row else None
     with conn.cursor() as cursor:
         cursor.execute(
             f"SELECT {q('stamp')} FROM {q(RoutingStamp._meta.db_table)} WHERE {q('id')} = %s",
