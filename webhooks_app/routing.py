@@ -175,30 +175,28 @@ def cached(using: str | None, key: tuple, load: Callable[[], Any]) -> Any:
     stamp = current(db)
     if stamp is None:
         return load()
-    entry = _cache.get(db)
-    if entry is None or entry[0] != stamp:
-        entry = (stamp, {})
-        _cache[db] = entry
-    found = entry[1].get(key)
-    if found is None:
-        found = load()
-        if len(entry[1]) >= MAX_CACHED:
-            entry[1].clear()
-        entry[1][key] = found
-    return found
+    return _lookup(_cache, db, stamp, key, load)
 
 
 def _cached_fresh(db: str, key: tuple, load: Callable[[], Any]) -> Any:
     generation = _generation.get(db, 0)
-    entry = _fresh.get(db)
-    if entry is None or entry[0] != generation:
-        entry = (generation, {})
-        _fresh[db] = entry
+    # A notification that arrived during the load may be for a change it missed.
+    return _lookup(
+        _fresh, db, generation, key, load, keep=lambda: _generation.get(db, 0) == generation
+    )
+
+
+def _lookup(
+    store: dict, db: str, version: Any, key: tuple, load: Callable[[], Any], keep=None
+) -> Any:
+    """``store[db]`` holds (version, lookups); another version drops the lookups."""
+    entry = store.get(db)
+    if entry is None or entry[0] != version:
+        entry = store[db] = (version, {})
     found = entry[1].get(key)
     if found is None:
         found = load()
-        # A notification that arrived during the load may be for a change it missed.
-        if _generation.get(db, 0) == generation:
+        if keep is None or keep():
             if len(entry[1]) >= MAX_CACHED:
                 entry[1].clear()
             entry[1][key] = found
