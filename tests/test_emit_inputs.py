@@ -105,3 +105,10 @@ def test_create_endpoint_refuses_a_tenant_the_database_cannot_hold(tenant):
         "tenant",
     )
     assert Endpoint.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_an_event_type_that_is_not_text_is_a_validation_error():
+    for bad in (["user.created"], {"a": 1}, None, 42, "user.created\x00"):
+        with pytest.raises(ValidationError, match="Unknown event type"):
+            emit(bad, {})
