@@ -53,9 +53,10 @@ def _no_stray_database_sessions(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
         from django.db import connection
 
-        from webhooks_app import routing
+        from webhooks_app import routing, sqlite_checkpoints
 
         routing.stop()  # its connection would come back
+        sqlite_checkpoints.stop()  # it would look at a database being deleted
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute(

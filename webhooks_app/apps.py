@@ -32,6 +32,13 @@ class WebhooksAppConfig(AppConfig):
         post_migrate.connect(
             routing.on_post_migrate, sender=self, dispatch_uid="webhooks_app.routing"
         )
+        from django.db.backends.signals import connection_created
+
+        from .sqlite_checkpoints import on_connection_created
+
+        connection_created.connect(
+            on_connection_created, dispatch_uid="webhooks_app.sqlite_checkpoints"
+        )
         try:
             from django_q.signals import post_spawn
         except ImportError:  # checks.E002 explains

@@ -126,6 +126,9 @@ DEFAULTS: dict[str, Any] = {
     # on SQLite, 1000 elsewhere (PostgreSQL locks only the old rows; fewer commits).
     "PRUNE_BATCH_SIZE": None,
     "PRUNE_PAUSE": 0.025,
+    # SQLite in WAL mode: WAL checkpoints run in a background thread of each process
+    # instead of in whichever commit crosses SQLite's threshold (sqlite_checkpoints.py).
+    "SQLITE_BACKGROUND_CHECKPOINTS": True,
     # services.recover() (admin, API, command): bulk recoveries per tenant, "N/period"
     # with period second, minute, hour or day. None: unlimited.
     "RECOVER_RATE": "10/hour",
@@ -357,6 +360,10 @@ class AppSettings:
     @property
     def PRUNE_PAUSE(self) -> float:
         return max(0.0, float(self._get("PRUNE_PAUSE")))
+
+    @property
+    def SQLITE_BACKGROUND_CHECKPOINTS(self) -> bool:
+        return bool(self._get("SQLITE_BACKGROUND_CHECKPOINTS"))
 
     @property
     def RECOVER_RATE(self) -> tuple[int, float] | None:

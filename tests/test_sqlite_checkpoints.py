@@ -1,0 +1,187 @@
+"""SQLite in WAL mode: checkpoints happen in a background thread, not in the commit of
+whichever request crosses SQLite's threshold (webhooks_app/sqlite_checkpoints.py)."""
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from django.db import connection, connections, transaction
+from django.test import override_settings
+
+from webhooks_app import sqlite_checkpoints
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's WAL only"),
+]
+
+# Read in another process: closing a descriptor of the -shm here would drop the POSIX
+# locks SQLite holds on it in this one (the very corruption the module avoids).
+READ_WAL_INDEX = """
+import json, struct, sys
+with open(sys.argv[1] + "-shm", "rb") as shm:
+    head = shm.read(100)
+print(json.dumps([struct.unpack("=I", head[16:20])[0], struct.unpack("=I", head[96:100])[0]]))
+"""
+
+
+def fresh_connection() -> None:
+    connection.close()
+    connection.ensure_connection()
+
+
+def pragma(name: str):
+    with connection.cursor() as cursor:
+        cursor.execute(f"PRAGMA {name}")
+        return cursor.fetchone()[0]
+
+
+def checkpoint_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == sqlite_checkpoints.THREAD_NAME]
+
+
+def wal_frames(path: str) -> tuple[int, int]:
+    """(frames in the WAL, frames already copied into the database file): mxFrame and
+    nBackfill of the wal-index header (https://sqlite.org/walformat.html)."""
+    out = subprocess.run(
+        [sys.executable, "-c", READ_WAL_INDEX, path], capture_output=True, check=True
+    )
+    return tuple(json.loads(out.stdout))
+
+
+@pytest.fixture
+def probe_table():
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE ckpt_probe (x BLOB)")
+    yield
+    connections.close_all()
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE ckpt_probe")
+
+
+def test_a_commit_leaves_the_checkpoint_to_the_background_thread(probe_table):
+    fresh_connection()
+    assert pragma("journal_mode") == "wal"
+    # SQLite's default is 1000 pages: the commit crossing it would copy the WAL itself.
+    assert pragma("wal_autocheckpoint") == sqlite_checkpoints.FALLBACK_PAGES
+    assert any(t.is_alive() for t in checkpoint_threads())
+    path = connection.settings_dict["NAME"]
+    # ~3,000 pages: over SQLite's default threshold, under ours.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany("INSERT INTO ckpt_probe VALUES (randomblob(3000))", [()] * 3000)
+    written, copied = wal_frames(path)
+    assert written >= 3000
+    # No connection of this test checkpoints; the thread copies every frame.
+    deadline = time.monotonic() + 10
+    while copied < written and time.monotonic() < deadline:
+        time.sleep(0.1)
+        written, copied = wal_frames(path)
+    assert copied == written >= 3000
+
+
+def test_the_setting_off_leaves_sqlites_own_checkpoints():
+    with override_settings(WEBHOOKS_APP={"SQLITE_BACKGROUND_CHECKPOINTS": False}):
+        fresh_connection()
+        assert pragma("wal_autocheckpoint") == 1000
+    fresh_connection()
+    assert pragma("wal_autocheckpoint") == sqlite_checkpoints.FALLBACK_PAGES
+
+
+def test_in_memory_databases_are_left_alone():
+    from django.db.backends.sqlite3.base import DatabaseWrapper
+
+    memory = DatabaseWrapper({**connection.settings_dict, "NAME": ":memory:"}, alias="mem")
+    try:
+        memory.ensure_connection()
+        with memory.cursor() as cursor:
+            cursor.execute("PRAGMA wal_autocheckpoint")
+            assert cursor.fetchone()[0] == 1000
+    finally:
+        memory.close()
+
+
+def test_a_fork_waits_for_an_open_checkpoint_connection():
+    """No checkpoint connection is open across fork(): SQLite forbids carrying one into
+    a child (its in-process lock records would say the child holds locks it does not)."""
+    held = threading.Event()
+
+    def hold() -> None:
+        with sqlite_checkpoints._open:  # as checkpoint() does while its connection is open
+            held.set()
+            time.sleep(0.5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    t = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the lock is free, and it starts threads anew
+        ok = not sqlite_checkpoints._open.locked() and not sqlite_checkpoints._threads
+        os._exit(0 if ok else 1)
+    waited = time.monotonic() - t
+    _, status = os.waitpid(pid, 0)
+    holder.join()
+    assert waited >= 0.3  # the fork came after the connection was closed
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not sqlite_checkpoints._open.locked()
+
+
+def _child_writes(rows: int) -> None:
+    from django.db import connection as conn
+
+    for _ in range(rows):
+        with transaction.atomic(), conn.cursor() as cursor:
+            cursor.execute("INSERT INTO ckpt_probe VALUES (randomblob(2000))")
+    conn.close()
+
+
+WRITER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], timeout=20, isolation_level=None)
+n, end = 0, time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO ckpt_probe VALUES (randomblob(2000))")
+    conn.execute("COMMIT")
+    n += 1
+print(n)
+"""
+
+
+def test_forked_writers_and_busy_checkpoints_leave_the_file_sound(probe_table, monkeypatch):
+    """Forks while this process's thread checkpoints as often as it can (another process
+    writes all along, so there is always something to copy); each child writes through
+    its own connection and thread, as django-q2's workers do. The file passes SQLite's
+    integrity check and holds every row."""
+    monkeypatch.setattr(sqlite_checkpoints, "POLL", 0.002)
+    monkeypatch.setattr(sqlite_checkpoints, "MIN_INTERVAL", 0.0)
+    sqlite_checkpoints.stop()
+    fresh_connection()  # a thread at the patched pace
+    path = connection.settings_dict["NAME"]
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, path, "6"], stdout=subprocess.PIPE, text=True
+    )
+    ctx = multiprocessing.get_context("fork")
+    forks = 0
+    while writer.poll() is None:
+        connections.close_all()  # as django-q2 does before it forks
+        children = [ctx.Process(target=_child_writes, args=(50,)) for _ in range(2)]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(60)
+            assert child.exitcode == 0
+        forks += len(children)
+    written = int(writer.communicate(timeout=30)[0])
+    assert forks >= 4 and written > 0
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA integrity_check")
+        assert cursor.fetchall() == [("ok",)]
+        cursor.execute("SELECT count(*) FROM ckpt_probe")
+        assert cursor.fetchone()[0] == written + forks * 50
+    sqlite_checkpoints.stop()
