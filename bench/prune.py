@@ -238,13 +238,29 @@ def emitter(url: str, out: str) -> None:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    times: list[tuple[float, float]] = []
+    times: list[tuple[float, float, float]] = []
+    # Python's own pauses inside an emit (a full garbage collection of a Django process
+    # takes tens of ms) are this process's, not a wait for the prune: each emit records
+    # how long the collector ran during it.
+    import gc
+
+    gc_ms = [0.0]
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_ms[0] += (time.perf_counter() - gc_started[0]) * 1000
+
+    gc.callbacks.append(on_gc)
     print("ready", flush=True)
     while not stop:
+        gc_ms[0] = 0.0
         t = time.perf_counter()
         with transaction.atomic():
             emit(EVENT_TYPE, {"amount": 1})
-        times.append((time.time(), (time.perf_counter() - t) * 1000))
+        times.append((time.time(), (time.perf_counter() - t) * 1000, gc_ms[0]))
         time.sleep(0.01)
     Path(out).write_text(json.dumps(times))
 
@@ -319,8 +335,10 @@ def main() -> None:
         child.wait(30)
     times = json.loads(out.read_text())
     out.unlink()
-    base = [ms for at, ms in times if at < prune_started]
-    during = [ms for at, ms in times if prune_started <= at <= prune_ended]
+    base = [ms for at, ms, _ in times if at < prune_started]
+    during = [ms for at, ms, _ in times if prune_started <= at <= prune_ended]
+    # The same emits without the time Python's garbage collector ran inside them.
+    during_net = [ms - g for at, ms, g in times if prune_started <= at <= prune_ended]
     left = Delivery.objects.count() - len(times)  # the emitter's deliveries are new
     seconds = prune_ended - prune_started
 
@@ -329,6 +347,7 @@ def main() -> None:
         return values[min(len(values) - 1, int(p * len(values)))] if values else 0.0
 
     ok = max(during, default=0.0) < GOAL_MS
+    ok_net = max(during_net, default=0.0) < GOAL_MS
     right = left == built["expect_left"] and result.deliveries == built["expect_deleted"]
     batch = app_settings.PRUNE_BATCH_SIZE or (100 if vendor == "sqlite" else 1000)
     rows = [
@@ -362,6 +381,12 @@ def main() -> None:
             f"{max(during, default=0):.1f} ms",
             f"goal < {GOAL_MS:.0f} ms: {'met' if ok else 'MISSED'}",
         ),
+        (
+            "  the same, less GC pauses",
+            f"{max(during_net, default=0):.1f} ms",
+            f"goal < {GOAL_MS:.0f} ms: {'met' if ok_net else 'MISSED'} (the emitter's own "
+            "garbage collections inside its emits taken out)",
+        ),
         ("metrics scrape before prune", f"{scrape_ms:.0f} ms" if scrape_ms else "-", ""),
         (
             "rows left as expected",
@@ -375,7 +400,10 @@ def main() -> None:
     rows.append(
         (
             "slowest emits (s after start)",
-            ", ".join(f"{ms:.0f} ms @{at - prune_started:+.1f}" for at, ms in slowest),
+            ", ".join(
+                f"{ms:.0f} ms @{at - prune_started:+.1f}" + (f" (GC {g:.0f} ms)" if g >= 1 else "")
+                for at, ms, g in slowest
+            ),
             "",
         )
     )

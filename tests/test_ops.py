@@ -269,6 +269,38 @@ def test_prune_in_batches_with_days_and_a_time_limit(receiver, make_endpoint):
         assert services.prune(days=None).deliveries == 0
 
 
+def test_a_slow_sqlite_batch_is_cut_short_and_the_rest_comes_next(
+    receiver, make_endpoint, monkeypatch
+):
+    """On SQLite a batch goes in slices and stops once the next would end past the
+    target (here: at once, so one slice of 2 per transaction); nothing is skipped."""
+    from webhooks_app import retention
+
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL batches are not sliced")
+    make_endpoint(receiver.url())
+    for i in range(7):
+        emit("user.created", {"i": i})
+    engine.drain()
+    long_ago = timezone.now() - timedelta(days=40)
+    Delivery.objects.update(last_attempt_at=long_ago)
+    Event.objects.update(created_at=long_ago)
+    monkeypatch.setattr(retention, "CHUNK", 2)
+    monkeypatch.setattr(retention, "SQLITE_TARGET_MS", 0.0)
+    commits = []
+    real_atomic = retention.transaction.atomic
+    monkeypatch.setattr(
+        retention.transaction,
+        "atomic",
+        lambda **kw: commits.append(1) or real_atomic(**kw),
+    )
+    with webhooks(PRUNE_PAUSE=0):
+        result = retention.prune()
+    assert (result.deliveries, result.attempts, result.events) == (7, 7, 7)
+    assert len(commits) >= 4  # 2 + 2 + 2 + 1, not one transaction of 7
+    assert not Delivery.objects.exists() and not Event.objects.exists()
+
+
 def test_prune_command(receiver, make_endpoint, capsys):
     make_endpoint(receiver.url())
     emit("user.created", {})
