@@ -92,6 +92,24 @@ def test_the_setting_off_leaves_sqlites_own_checkpoints():
     assert pragma("wal_autocheckpoint") == sqlite_checkpoints.FALLBACK_PAGES
 
 
+def test_a_file_uri_name_is_checkpointed_as_the_file_it_opens(tmp_path):
+    from django.db.backends.sqlite3.base import DatabaseWrapper
+
+    path = tmp_path / "uri.sqlite3"
+    settings = {**connection.settings_dict, "NAME": f"file:{path}?cache=private"}
+    other = DatabaseWrapper(settings, alias="uri")
+    try:
+        other.ensure_connection()
+        with other.cursor() as cursor:
+            cursor.execute("PRAGMA wal_autocheckpoint")
+            assert cursor.fetchone()[0] == sqlite_checkpoints.FALLBACK_PAGES
+        assert (os.getpid(), str(path)) in sqlite_checkpoints._threads
+    finally:
+        other.close()
+        sqlite_checkpoints.stop()
+        fresh_connection()
+
+
 def test_in_memory_databases_are_left_alone():
     from django.db.backends.sqlite3.base import DatabaseWrapper
 
@@ -105,19 +123,28 @@ def test_in_memory_databases_are_left_alone():
         memory.close()
 
 
-def test_a_fork_waits_for_an_open_checkpoint_connection():
+def test_a_fork_waits_for_an_open_checkpoint_connection(probe_table, monkeypatch):
     """No checkpoint connection is open across fork(): SQLite forbids carrying one into
     a child (its in-process lock records would say the child holds locks it does not)."""
-    held = threading.Event()
+    real = sqlite_checkpoints._database()
+    inside = threading.Event()
 
-    def hold() -> None:
-        with sqlite_checkpoints._open:  # as checkpoint() does while its connection is open
-            held.set()
+    class Slow:  # the real module, with a connection that takes its time to open
+        Error, OperationalError = real.Error, real.OperationalError
+
+        @staticmethod
+        def connect(*args, **kwargs):
+            conn = real.connect(*args, **kwargs)
+            inside.set()
             time.sleep(0.5)
+            return conn
 
-    holder = threading.Thread(target=hold)
-    holder.start()
-    held.wait(5)
+    monkeypatch.setattr(sqlite_checkpoints, "_database", lambda: Slow)
+    path = connection.settings_dict["NAME"]
+    results = []
+    worker = threading.Thread(target=lambda: results.append(sqlite_checkpoints.checkpoint(path)))
+    worker.start()
+    assert inside.wait(5)
     t = time.monotonic()
     pid = os.fork()
     if pid == 0:  # the child: its copy of the lock is free, and it starts threads anew
@@ -125,9 +152,10 @@ def test_a_fork_waits_for_an_open_checkpoint_connection():
         os._exit(0 if ok else 1)
     waited = time.monotonic() - t
     _, status = os.waitpid(pid, 0)
-    holder.join()
-    assert waited >= 0.3  # the fork came after the connection was closed
+    worker.join(5)
+    assert waited >= 0.3  # the fork came after checkpoint() had closed its connection
     assert os.waitstatus_to_exitcode(status) == 0
+    assert results and results[0] is not None  # (busy, frames, copied)
     assert not sqlite_checkpoints._open.locked()
 
 
@@ -158,8 +186,14 @@ def test_forked_writers_and_busy_checkpoints_leave_the_file_sound(probe_table, m
     writes all along, so there is always something to copy); each child writes through
     its own connection and thread, as django-q2's workers do. The file passes SQLite's
     integrity check and holds every row."""
-    monkeypatch.setattr(sqlite_checkpoints, "POLL", 0.002)
-    monkeypatch.setattr(sqlite_checkpoints, "MIN_INTERVAL", 0.0)
+    for name, value in [("POLL", 0.002), ("START_INTERVAL", 0.0), ("MIN_INTERVAL", 0.0),
+                        ("MAX_INTERVAL", 0.0)]:
+        monkeypatch.setattr(sqlite_checkpoints, name, value)
+    calls = []
+    real_checkpoint = sqlite_checkpoints.checkpoint
+    monkeypatch.setattr(
+        sqlite_checkpoints, "checkpoint", lambda p: calls.append(1) or real_checkpoint(p)
+    )
     sqlite_checkpoints.stop()
     fresh_connection()  # a thread at the patched pace
     path = connection.settings_dict["NAME"]
@@ -179,6 +213,7 @@ def test_forked_writers_and_busy_checkpoints_leave_the_file_sound(probe_table, m
         forks += len(children)
     written = int(writer.communicate(timeout=30)[0])
     assert forks >= 4 and written > 0
+    assert len(calls) >= 50  # the forks fell among many checkpoints
     with connection.cursor() as cursor:
         cursor.execute("PRAGMA integrity_check")
         assert cursor.fetchall() == [("ok",)]

@@ -166,7 +166,7 @@ def prune(
                 # On SQLite in slices, and no further slice once the next would likely
                 # end past the target: a batch whose pages are cold (read from disk
                 # inside the write lock) is cut short instead of holding the lock 60 ms.
-                step = CHUNK if adaptive else len(candidates)
+                step = max(1, CHUNK) if adaptive else len(candidates)
                 done = 0
                 while done < len(candidates):
                     s0 = time.perf_counter()
@@ -230,16 +230,20 @@ class _Deleter:
         # The condition as Django writes it (columns qualified by the delivery table).
         query = Delivery.objects.using(db).filter(condition).query
         where, self.where_params = query.where.as_sql(query.get_compiler(db), conn)
+        # Each is (before, after) the IN list, joined around it (never str.format: the
+        # compiled WHERE may hold braces).
         self.select = (
             f"SELECT {d}.{q('id')}, {d}.{q('event_id')} FROM {d} WHERE ({where}) "
-            f"AND {d}.{q('id')} IN ({{}})" + (" FOR UPDATE" if locking else "")
+            f"AND {d}.{q('id')} IN (",
+            ")" + (" FOR UPDATE" if locking else ""),
         )
-        self.attempts = f"DELETE FROM {a} WHERE {q('delivery_id')} IN ({{}})"
-        self.deliveries = f"DELETE FROM {d} WHERE {q('id')} IN ({{}})"
+        self.attempts = (f"DELETE FROM {a} WHERE {q('delivery_id')} IN (", ")")
+        self.deliveries = (f"DELETE FROM {d} WHERE {q('id')} IN (", ")")
         # Their events, if no other delivery is left.
         self.events = (
-            f"DELETE FROM {e} WHERE {e}.{q('id')} IN ({{}}) AND {e}.{q('created_at')} < %s "
-            f"AND NOT EXISTS (SELECT 1 FROM {d} WHERE {d}.{q('event_id')} = {e}.{q('id')})"
+            f"DELETE FROM {e} WHERE {e}.{q('id')} IN (",
+            f") AND {e}.{q('created_at')} < %s "
+            f"AND NOT EXISTS (SELECT 1 FROM {d} WHERE {d}.{q('event_id')} = {e}.{q('id')})",
         )
         self.cutoff = conn.ops.adapt_datetimefield_value(cutoff)
 
@@ -248,24 +252,22 @@ class _Deleter:
         it was read stays), their attempts, and their events (in the caller's
         transaction)."""
         with connections[self.db].cursor() as cursor:
-            cursor.execute(
-                self.select.format(", ".join(["%s"] * len(candidates))),
-                [*self.where_params, *candidates],
-            )
+            cursor.execute(_sql(self.select, candidates), [*self.where_params, *candidates])
             rows = cursor.fetchall()
             if not rows:
                 return
             ids = [r[0] for r in rows]
-            marks = ", ".join(["%s"] * len(ids))
-            cursor.execute(self.attempts.format(marks), ids)
+            cursor.execute(_sql(self.attempts, ids), ids)
             result.attempts += cursor.rowcount
-            cursor.execute(self.deliveries.format(marks), ids)
+            cursor.execute(_sql(self.deliveries, ids), ids)
             result.deliveries += cursor.rowcount
             events = sorted({r[1] for r in rows})
-            cursor.execute(
-                self.events.format(", ".join(["%s"] * len(events))), [*events, self.cutoff]
-            )
+            cursor.execute(_sql(self.events, events), [*events, self.cutoff])
             result.events += cursor.rowcount
+
+
+def _sql(parts: tuple[str, str], values: list) -> str:
+    return parts[0] + ", ".join(["%s"] * len(values)) + parts[1]
 
 
 def _checkpoint(db: str) -> None:

@@ -18,6 +18,10 @@ Two ways to corrupt a SQLite file are kept away (https://sqlite.org/howtocorrupt
 - this module never opens the database, its ``-wal`` or its ``-shm`` with anything but
   SQLite (closing any other descriptor of those files drops the POSIX locks SQLite holds
   on them in this process; only ``os.stat``, which opens nothing, looks at the WAL);
+- its connections use the SQLite library Django uses (two copies of SQLite in one
+  process would not see each other's locks), open the file SQLite reports for the
+  connection (``PRAGMA database_list``: right for ``file:`` URIs and relative names),
+  and never create it (``mode=rw``);
 - no connection of this thread is open across a ``fork()`` (django-q2 forks its
   workers): the thread opens its connection for each checkpoint and closes it, under a
   lock that an ``os.register_at_fork`` hook takes before every fork. A connection held
@@ -28,9 +32,9 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import threading
 import time
+from urllib.parse import quote
 
 from .conf import app_settings
 
@@ -41,13 +45,14 @@ PAGES = 1000  # SQLite's default wal_autocheckpoint: the pace this thread aims a
 POLL = 0.05  # how often the WAL file's mtime is looked at
 MIN_INTERVAL = 0.1
 MAX_INTERVAL = 2.0
+START_INTERVAL = 0.25
 THREAD_NAME = "webhooks-sqlite-checkpoint"
 
-_threads: dict[tuple[int, str], threading.Thread] = {}
+# (pid, file) -> (thread, its stop event); each thread has an event of its own.
+_threads: dict[tuple[int, str], tuple[threading.Thread, threading.Event]] = {}
 _lock = threading.Lock()
 # Held while this process has a checkpoint connection open; every fork() waits for it.
 _open = threading.Lock()
-_stopping = threading.Event()
 
 
 def _before_fork() -> None:
@@ -62,7 +67,9 @@ def _after_fork_in_child() -> None:
     global _lock
     _open.release()
     _lock = threading.Lock()  # another thread may have held it at the fork
-    _threads.clear()  # threads do not survive a fork; the child's next connection starts its own
+    # Threads do not survive a fork (nor may their events' inner locks, held by a thread
+    # waiting on them at that moment): the child's next connection starts its own.
+    _threads.clear()
 
 
 os.register_at_fork(
@@ -72,8 +79,12 @@ os.register_at_fork(
 )
 
 
-def _is_file(name: str) -> bool:
-    return bool(name) and name != ":memory:" and "mode=memory" not in name
+def _database():
+    """The SQLite module Django uses (two SQLite libraries in one process would not
+    see each other's POSIX locks; howtocorrupt.html 2.3)."""
+    from django.db.backends.sqlite3.base import Database
+
+    return Database
 
 
 def on_connection_created(sender=None, connection=None, **kwargs) -> None:
@@ -82,37 +93,49 @@ def on_connection_created(sender=None, connection=None, **kwargs) -> None:
         return
     if not app_settings.SQLITE_BACKGROUND_CHECKPOINTS:
         return
-    name = str(connection.settings_dict.get("NAME") or "")
-    if not _is_file(name):
-        return
     with connection.cursor() as cursor:
         cursor.execute("PRAGMA journal_mode")
         row = cursor.fetchone()
         if not row or str(row[0]).lower() != "wal":
+            return  # in-memory databases, other journal modes: SQLite's own checkpoints
+        # The file SQLite opened, whatever NAME said (a file: URI, a relative path).
+        cursor.execute("PRAGMA database_list")
+        path = next((r[2] for r in cursor.fetchall() if r[1] == "main"), "")
+        if not path or not os.path.isabs(path) or not ensure_thread(path):
             return
         cursor.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_PAGES}")
-    ensure_thread(os.path.abspath(name))
 
 
-def ensure_thread(path: str) -> None:
-    """Start this process's checkpoint thread for ``path`` unless it runs."""
+def ensure_thread(path: str) -> bool:
+    """Start this process's checkpoint thread for ``path`` unless it runs; False if the
+    file is not there (nothing to checkpoint)."""
+    if not os.path.exists(path):
+        return False
     key = (os.getpid(), path)
     with _lock:
         running = _threads.get(key)
-        if running is not None and running.is_alive():
-            return
-        _stopping.clear()
-        thread = threading.Thread(target=_run, args=(path,), name=THREAD_NAME, daemon=True)
-        _threads[key] = thread
+        if running is not None:
+            thread, stopping = running
+            if thread.is_alive() and not stopping.is_set():
+                return True
+            # Stopped or stopping: a new one takes over (the old one, told to stop,
+            # ends within POLL and leaves this entry alone).
+        stopping = threading.Event()
+        thread = threading.Thread(
+            target=_run, args=(path, stopping), name=THREAD_NAME, daemon=True
+        )
+        _threads[key] = (thread, stopping)
         thread.start()
+    return True
 
 
 def stop(timeout: float = 5.0) -> None:
     """Stop this process's checkpoint threads (tests that delete their database call it)."""
-    _stopping.set()
     with _lock:
-        threads = list(_threads.values())
-    for thread in threads:
+        running = list(_threads.values())
+        for _, stopping in running:
+            stopping.set()
+    for thread, _ in running:
         thread.join(timeout)
 
 
@@ -120,11 +143,16 @@ def checkpoint(path: str) -> tuple[int, int, int] | None:
     """One PASSIVE checkpoint of ``path`` on a connection of its own, opened and closed
     here under the fork lock: (busy, frames in the WAL, frames copied), as SQLite's
     ``PRAGMA wal_checkpoint`` reports them; None if another checkpoint was running."""
+    database = _database()
     with _open:
-        conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+        # mode=rw: a database deleted meanwhile is not created again, empty.
+        uri = f"file:{quote(path)}?mode=rw"
+        conn = database.connect(
+            uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False
+        )
         try:
             row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.OperationalError as exc:
+        except database.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 return None  # another process's thread is checkpointing this file now
             raise
@@ -141,12 +169,13 @@ def _wal_state(path: str) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def _run(path: str) -> None:
-    interval = 0.25
+def _run(path: str, stopping: threading.Event) -> None:
+    database = _database()
+    interval = START_INTERVAL
     last_at = time.monotonic()
     last_state = _wal_state(path)
     failing = False
-    while not _stopping.wait(POLL):
+    while not stopping.wait(POLL):
         if not os.path.exists(path):
             break  # the database is gone (a test database destroyed)
         state = _wal_state(path)
@@ -155,7 +184,7 @@ def _run(path: str) -> None:
         try:
             result = checkpoint(path)
             failing = False
-        except sqlite3.Error as exc:
+        except database.Error as exc:
             if not failing:  # once per outage, not every interval
                 logger.warning("background WAL checkpoint of %s failed: %s", path, exc)
             failing = True
@@ -173,4 +202,5 @@ def _run(path: str) -> None:
         elif frames < PAGES // 4:
             interval = min(MAX_INTERVAL, interval * 2)
     with _lock:
-        _threads.pop((os.getpid(), path), None)
+        if _threads.get((os.getpid(), path), (None,))[0] is threading.current_thread():
+            del _threads[(os.getpid(), path)]
