@@ -139,6 +139,7 @@ def test_a_fork_waits_for_an_open_checkpoint_connection(probe_table, monkeypatch
             time.sleep(0.5)
             return conn
 
+    sqlite_checkpoints.stop()  # this process's own thread must not take the lock meanwhile
     monkeypatch.setattr(sqlite_checkpoints, "_database", lambda: Slow)
     path = connection.settings_dict["NAME"]
     results = []
