@@ -77,6 +77,14 @@ class Cluster:
         if not self._log.closed:
             self._log.close()
 
+    def close(self) -> None:
+        """SIGKILL the group and remove the log: the end of a test that is done with it."""
+        self.kill()
+        try:
+            self.log_path.unlink()
+        except OSError:
+            pass
+
     def stop(self) -> None:
         """SIGTERM to the main process only, as a process manager would: django-q2 then
         stops its workers itself (a signal to the whole group can deadlock its stop)."""
@@ -86,8 +94,4 @@ class Cluster:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 pass
-        self.kill()  # whatever is left of the group
-        try:
-            self.log_path.unlink()
-        except OSError:
-            pass
+        self.close()  # whatever is left of the group

@@ -147,15 +147,15 @@ def connection_vendor() -> str:
 def test_no_duplicates_when_nothing_crashes_even_with_sends_longer_than_the_lease(
     receiver, make_endpoint, start_cluster
 ):
-    """Default 6 s lease; one request takes 9 s while a burst goes through two workers."""
+    """A 3 s lease; one request takes 5 s while a burst goes through two workers."""
     make_endpoint(receiver.url())
-    receiver.script(Reply(200, delay=9))
-    start_cluster(workers=2)
+    receiver.script(Reply(200, delay=5))
+    start_cluster(workers=2, env={"WEBHOOKS_LEASE_SECONDS": "3"})
     slow = emit("user.created", {"slow": True})
     receiver.wait_started(1)
     events = [emit("user.created", {"n": i}) for i in range(150)]
     receiver.wait_for(151, timeout=60)
-    time.sleep(8)  # a wrongly re-sent slow delivery would have arrived by now
+    time.sleep(4.5)  # a wrongly re-sent slow delivery (lease + 5 s send) would be here
     ids = [r.header("webhook-id") for r in receiver.received]
     assert len(ids) == len(set(ids)) == 151
     assert slow.public_id in ids
