@@ -18,6 +18,7 @@ from urllib.parse import urlencode, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import connections, router, transaction
+from django.utils import timezone
 
 from . import formats, jsonenc, matching, routing
 from .conf import app_settings
@@ -195,7 +196,8 @@ def envelope(event_id: str, event_type: str, created, tenant: str, data: Any) ->
     return {
         "id": event_id,
         "event": event_type,
-        "timestamp": created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        # "2026-12-01T19:18:35.344Z"; isoformat() is C, strftime() cost twice as much.
+        "timestamp": created.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
         "version": app_settings.PAYLOAD_VERSION,
         app_settings.TENANT_KEY: tenant,
         "data": data,
@@ -363,6 +365,26 @@ def filter_targets(targets: list, event_type: str, tenant: str, data: Any) -> li
     return [t for t in targets if not t.payload_filter or matching.matches(t.payload_filter, doc)]
 
 
+def _unsaved_event(tenant: str, event_type: str, test: bool):
+    """``Event(tenant=..., event_type=..., is_test=...)``, built through the positional
+    path of ``Model.__init__`` (what ``from_db`` uses): keyword arguments cost every
+    emit() about a third more in that constructor. ``data`` and ``body`` are set after."""
+    from .models import Event, new_event_id
+
+    values = {
+        "id": None,
+        "public_id": new_event_id(),
+        "tenant": tenant,
+        "event_type": event_type,
+        "data": None,
+        "body": "",
+        "created_at": timezone.now(),
+        "is_test": test,
+    }
+    # A KeyError here means Event gained a field: give it its default above.
+    return Event(*[values[f.attname] for f in Event._meta.concrete_fields])
+
+
 def new_event(
     event_type: str, data: Any, tenant: str, *, test: bool = False
 ) -> tuple[Any, dict]:
@@ -375,9 +397,7 @@ def new_event(
     for it carries a ``webhook-test: true`` header; its deliveries are built with
     ``new_delivery(..., test=True)``, which adds ``"test": true`` in enveloped formats.
     """
-    from .models import Event
-
-    event = Event(tenant=tenant, event_type=event_type, is_test=test)
+    event = _unsaved_event(tenant, event_type, test)
     raw = envelope(event.public_id, event_type, event.created_at, tenant, data)
     # One pass normalises and writes; the depth limit applies to "data", one level down.
     env, event.body = jsonenc.normalise_and_dump(
@@ -537,18 +557,20 @@ def emit(
         using, (tenant, event_type), lambda: subscribed_endpoints(tenant, event_type, using=using)
     )
     endpoints = filter_targets(endpoints, event_type, tenant, data)
-    now = event.created_at
-    due = now + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])
-    deliveries = [
-        new_delivery(ep, event, env, data, next_attempt_at=due, created_at=now)
-        for ep in endpoints
-    ]
-    for delivery in deliveries:
-        if delivery.body is not None:
-            jsonenc.check_size(delivery.body, "The body for one of the endpoints")
     stored = bool(endpoints) or app_settings.KEEP_UNROUTED_EVENTS
     if idempotency_key is None and not stored:
         return event  # unrouted: no row, no wake-up (bounded tables)
+    deliveries = []
+    if endpoints:
+        now = event.created_at
+        due = now + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])
+        deliveries = [
+            new_delivery(ep, event, env, data, next_attempt_at=due, created_at=now)
+            for ep in endpoints
+        ]
+        for delivery in deliveries:
+            if delivery.body is not None:
+                jsonenc.check_size(delivery.body, "The body for one of the endpoints")
     with transaction.atomic(using=using, savepoint=False):
         if idempotency_key is not None:
             first = _claim_key(idempotency_key, event, stored, using)
