@@ -431,6 +431,40 @@ def test_wake_ups_reuse_one_redis_broker(monkeypatch):
     broker.purge_queue()
 
 
+@pytest.mark.skipif(not settings.Q_CLUSTER.get("redis"), reason="Redis broker only")
+def test_redis_wake_ups_leave_the_committing_thread(receiver, make_endpoint, monkeypatch):
+    """The commit only pokes a thread; async_task() runs there, and the wake-up is queued."""
+    import threading
+
+    import django_q.tasks
+
+    from webhooks_app import tasks
+
+    make_endpoint(receiver.url())
+    callers = []
+    real = django_q.tasks.async_task
+
+    def recording(*args, **kwargs):
+        callers.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(django_q.tasks, "async_task", recording)
+    monkeypatch.setattr(tasks, "_last_wake", 0.0)
+    monkeypatch.setattr(tasks, "_broker_down_until", 0.0)
+    broker = tasks._broker(settings.WEBHOOKS_APP.get("Q_CLUSTER"))
+    broker.purge_queue()
+    with transaction.atomic():
+        emit("user.created", {"n": 1})
+        assert callers == []  # nothing before the commit
+    deadline = time.monotonic() + 5
+    while not callers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(callers) == 1 and callers[0] is not threading.current_thread()
+    assert callers[0].name == "webhooks_app wake"
+    assert broker.queue_size() == 1
+    broker.purge_queue()
+
+
 def test_broker_outage_does_not_fail_the_callers_save(receiver, make_endpoint, monkeypatch, caplog):
     make_endpoint(receiver.url())
 
@@ -448,6 +482,10 @@ def test_broker_outage_does_not_fail_the_callers_save(receiver, make_endpoint, m
         with transaction.atomic():
             event = emit("user.created", {"saved": True})
         emit("user.created", {"saved": "again"})
+        # With Redis the wake-up is sent by a thread after the commit (tasks._Waker).
+        deadline = time.monotonic() + 5
+        while "could not enqueue" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
     assert Event.objects.filter(pk=event.pk).exists()
     assert "could not enqueue" in caplog.text
     assert len(calls) == 1  # the second commit did not wait on the broker again

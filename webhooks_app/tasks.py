@@ -87,12 +87,67 @@ def wake_workers() -> None:
         logger.warning("could not enqueue a webhook dispatch task (%s); workers will poll", exc)
 
 
+class _Waker:
+    """A thread per process that sends the Redis broker's wake-ups, so a committing
+    request does not wait for one: async_task() (pickle, sign, RPUSH) took 0.19 ms median
+    and 0.45 ms p99 here, paid by the one commit in each WAKE_COALESCE_SECONDS that
+    sends it (the request path's p99). A poke only sets an event.
+
+    Only for Redis: the ORM broker's wake-up is an INSERT, and on SQLite a thread writing
+    beside the request's next transaction would make that one wait for the write lock.
+    A wake-up lost with the process (it exits between commit and send) is what the
+    workers' poll already covers, as for a broker outage.
+    """
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.event = threading.Event()
+        self.lock = threading.Lock()
+
+    def poke(self) -> None:
+        if self.pid != os.getpid():
+            self._start()
+        self.event.set()
+
+    def _start(self) -> None:
+        with self.lock:
+            if self.pid == os.getpid():
+                return
+            # After a fork: this process has no thread yet, and the inherited event may
+            # be in any state; a fresh one for the fresh thread.
+            self.event = event = threading.Event()
+            threading.Thread(
+                target=self._run, args=(event,), name="webhooks_app wake", daemon=True
+            ).start()
+            self.pid = os.getpid()
+
+    @staticmethod
+    def _run(event: threading.Event) -> None:
+        while True:
+            event.wait()
+            event.clear()
+            wake_workers()  # never raises
+
+
+_waker = _Waker()
+
+
+def _wake_after_commit() -> None:
+    from django_q.conf import Conf
+
+    # django-q2's sync mode runs the task inside async_task(): keep that on the caller.
+    if not Conf.SYNC and _broker(app_settings.Q_CLUSTER) is not None:
+        _waker.poke()
+    else:
+        wake_workers()
+
+
 def wake_workers_on_commit(using: str | None = None) -> None:
     """Register one wake-up for when the current transaction commits."""
     conn = transaction.get_connection(using)
-    if any(func is wake_workers for _, func, _ in conn.run_on_commit):
+    if any(func is _wake_after_commit for _, func, _ in conn.run_on_commit):
         return
-    transaction.on_commit(wake_workers, using=using, robust=True)
+    transaction.on_commit(_wake_after_commit, using=using, robust=True)
 
 
 def prune() -> str:
