@@ -147,15 +147,18 @@ def connection_vendor() -> str:
 def test_no_duplicates_when_nothing_crashes_even_with_sends_longer_than_the_lease(
     receiver, make_endpoint, start_cluster
 ):
-    """A 3 s lease; one request takes 5 s while a burst goes through two workers."""
+    """A 4 s lease; one request takes 6 s while a burst goes through two workers."""
     make_endpoint(receiver.url())
-    receiver.script(Reply(200, delay=5))
-    start_cluster(workers=2, env={"WEBHOOKS_LEASE_SECONDS": "3"})
+    receiver.script(Reply(200, delay=6))
+    start_cluster(workers=2, env={"WEBHOOKS_LEASE_SECONDS": "4"})
     slow = emit("user.created", {"slow": True})
     receiver.wait_started(1)
     events = [emit("user.created", {"n": i}) for i in range(150)]
     receiver.wait_for(151, timeout=60)
-    time.sleep(4.5)  # a wrongly re-sent slow delivery (lease + 5 s send) would be here
+    # A wrongly re-sent slow delivery would go out once the lease lapsed (about 4 s in,
+    # answered at once: the scripted delay is used up), before the slow send ends at 6 s;
+    # 2 s more covers a late re-claim.
+    time.sleep(2)
     ids = [r.header("webhook-id") for r in receiver.received]
     assert len(ids) == len(set(ids)) == 151
     assert slow.public_id in ids

@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import socket
 import time
 from datetime import timedelta
@@ -445,8 +446,9 @@ def test_redis_wake_ups_leave_the_committing_thread(receiver, make_endpoint, mon
     real = django_q.tasks.async_task
 
     def recording(*args, **kwargs):
+        result = real(*args, **kwargs)
         callers.append(threading.current_thread())
-        return real(*args, **kwargs)
+        return result
 
     monkeypatch.setattr(django_q.tasks, "async_task", recording)
     monkeypatch.setattr(tasks, "_last_wake", 0.0)
@@ -465,7 +467,82 @@ def test_redis_wake_ups_leave_the_committing_thread(receiver, make_endpoint, mon
     broker.purge_queue()
 
 
+def test_a_waker_thread_that_does_not_run_leaves_the_wake_up_to_the_caller(monkeypatch):
+    """Its thread is alive but never gets to run (uWSGI without enable-threads): the next
+    commit after STALL_SECONDS sends the wake-up itself."""
+    import threading
+
+    from webhooks_app import tasks
+
+    callers = []
+    monkeypatch.setattr(tasks, "wake_workers", lambda: callers.append(threading.current_thread()))
+    waker = tasks._Waker()
+    waker.STALL_SECONDS = 0.05
+    waker.thread, waker.pid = threading.current_thread(), os.getpid()  # "alive", never runs
+    waker.poke()
+    assert callers == [] and waker.pending()
+    time.sleep(0.1)
+    waker.poke()
+    assert callers == [threading.current_thread()]
+    waker.at_exit()  # the second poke, still unsent, goes at exit
+    assert len(callers) == 2 and not waker.pending()
+
+
+def test_a_forked_child_gets_its_own_waker_and_lock(monkeypatch):
+    """A fork while a thread of the parent holds the wake-up lock (django-q2 forks its
+    workers; gunicorn --preload forks the site): the child still sends wake-ups."""
+    import signal
+    import threading
+
+    from webhooks_app import tasks
+
+    monkeypatch.setattr(tasks, "WAKE_COALESCE_SECONDS", 0.0)
+    monkeypatch.setattr(tasks, "_broker_down_until", 0.0)
+    read_end, write_end = os.pipe()
+
+    def to_pipe(*args, **kwargs):
+        os.write(write_end, b"sent\n")
+
+    monkeypatch.setattr("django_q.tasks.async_task", to_pipe)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with tasks._wake_lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest, no database, only the waker
+        code = 1
+        try:
+            tasks._waker.poke()
+            deadline = time.monotonic() + 5
+            while tasks._waker.pending() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            code = 0 if not tasks._waker.pending() else 2
+        finally:
+            os._exit(code)
+    release.set()
+    holder.join()
+    deadline = time.monotonic() + 10
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:  # hung on the inherited lock
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    os.close(write_end)
+    sent = os.read(read_end, 1000).decode().split()
+    os.close(read_end)
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0
+    assert sent == ["sent"]
+
+
 def test_broker_outage_does_not_fail_the_callers_save(receiver, make_endpoint, monkeypatch, caplog):
+    from webhooks_app import tasks
+
     make_endpoint(receiver.url())
 
     calls = []
@@ -484,11 +561,13 @@ def test_broker_outage_does_not_fail_the_callers_save(receiver, make_endpoint, m
         emit("user.created", {"saved": "again"})
         # With Redis the wake-up is sent by a thread after the commit (tasks._Waker).
         deadline = time.monotonic() + 5
-        while "could not enqueue" not in caplog.text and time.monotonic() < deadline:
+        while tasks._waker.pending() and time.monotonic() < deadline:
             time.sleep(0.01)
     assert Event.objects.filter(pk=event.pk).exists()
     assert "could not enqueue" in caplog.text
-    assert len(calls) == 1  # the second commit did not wait on the broker again
+    assert len(calls) == 1
+    tasks.wake_workers()
+    assert len(calls) == 1  # within the back-off nothing waits on the broker again
     engine.drain()  # what the workers' poll does once they run
     assert [json.loads(r.body)["data"]["saved"] for r in receiver.wait_for(2)] == [True, "again"]
 
@@ -504,7 +583,7 @@ def test_model_signal_binding_emits_without_code(receiver, make_endpoint):
     assert bodies[0]["event"] == "user.created"
     assert bodies[0]["data"] == {"id": pk, "username": "mike", "email": "mike@example.com"}
     assert bodies[1]["event"] == "user.deleted" and bodies[1]["data"]["id"] == pk
-    assert all(b"pw-not-sent" not in r.body and b"pbkdf2" not in r.body for r in reqs)
+    assert all(b"pw-not-sent" not in r.body and user.password.encode() not in r.body for r in reqs)
 
 
 def test_webhook_event_signal_emits(receiver, make_endpoint):

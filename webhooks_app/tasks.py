@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -91,45 +92,91 @@ class _Waker:
     """A thread per process that sends the Redis broker's wake-ups, so a committing
     request does not wait for one: async_task() (pickle, sign, RPUSH) took 0.19 ms median
     and 0.45 ms p99 here, paid by the one commit in each WAKE_COALESCE_SECONDS that
-    sends it (the request path's p99). A poke only sets an event.
+    sends it (the request path's p99). A poke only counts and sets an event.
 
     Only for Redis: the ORM broker's wake-up is an INSERT, and on SQLite a thread writing
     beside the request's next transaction would make that one wait for the write lock.
-    A wake-up lost with the process (it exits between commit and send) is what the
-    workers' poll already covers, as for a broker outage.
+
+    Never worse than sending on the caller: a poke left unsent for STALL_SECONDS (the
+    thread died, or never runs, as under uWSGI without ``enable-threads``) is sent by the
+    next committing caller itself, and so is one still unsent at interpreter exit. A
+    fork gets a new thread, lock and event in the child (``os.register_at_fork``).
     """
+
+    STALL_SECONDS = 0.2
 
     def __init__(self) -> None:
         self.pid = 0
         self.event = threading.Event()
         self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.poked = 0  # pokes so far, and the count the thread had seen when it sent
+        self.sent = 0
+        self.unsent_since = 0.0
 
     def poke(self) -> None:
-        if self.pid != os.getpid():
-            self._start()
+        now = time.monotonic()
+        if self.sent == self.poked:
+            self.unsent_since = now
+        elif now - self.unsent_since > self.STALL_SECONDS:
+            self.sent = self.poked
+            wake_workers()  # the thread is not getting to run: send it here
+            self.unsent_since = now
+        self.poked += 1
+        thread = self.thread
+        if self.pid != os.getpid() or thread is None or not thread.is_alive():
+            if not self._start():
+                self.sent = self.poked
+                wake_workers()
+                return
         self.event.set()
 
-    def _start(self) -> None:
-        with self.lock:
-            if self.pid == os.getpid():
-                return
-            # After a fork: this process has no thread yet, and the inherited event may
-            # be in any state; a fresh one for the fresh thread.
-            self.event = event = threading.Event()
-            threading.Thread(
-                target=self._run, args=(event,), name="webhooks_app wake", daemon=True
-            ).start()
-            self.pid = os.getpid()
+    def pending(self) -> bool:
+        return self.sent != self.poked
 
-    @staticmethod
-    def _run(event: threading.Event) -> None:
+    def _start(self) -> bool:
+        with self.lock:
+            thread = self.thread
+            if self.pid == os.getpid() and thread is not None and thread.is_alive():
+                return True
+            try:
+                thread = threading.Thread(target=self._run, name="webhooks_app wake", daemon=True)
+                thread.start()
+            except RuntimeError:  # can't start new thread
+                return False
+            self.thread, self.pid = thread, os.getpid()
+            return True
+
+    def _run(self) -> None:
         while True:
-            event.wait()
-            event.clear()
-            wake_workers()  # never raises
+            self.event.wait()
+            self.event.clear()
+            seen = self.poked
+            try:
+                wake_workers()  # logs a broker outage itself
+            except Exception:
+                logger.exception("sending a wake-up failed; the workers' poll covers it")
+            self.sent = max(self.sent, seen)
+
+    def at_exit(self) -> None:
+        if self.pid == os.getpid() and self.pending():
+            self.sent = self.poked
+            wake_workers()
+
+    def after_fork_in_child(self) -> None:
+        global _wake_lock
+        # Locks a thread of the parent held at the fork stay held in the child forever.
+        _wake_lock = threading.Lock()
+        self.lock = threading.Lock()
+        self.event = threading.Event()
+        self.thread, self.pid = None, 0
+        self.poked = self.sent = 0
 
 
 _waker = _Waker()
+atexit.register(_waker.at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_waker.after_fork_in_child)
 
 
 def _wake_after_commit() -> None:
