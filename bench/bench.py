@@ -135,6 +135,17 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))]
 
 
+def _tail_share(totals: list[float], parts: list[float], q: float = 99) -> float | None:
+    """Of the samples whose total is at or above its ``q``th percentile, the fraction of
+    their summed time that ``parts`` (a phase of each sample) accounts for."""
+    if not totals:
+        return None
+    cut = pct(totals, q)
+    tail = [(t, p) for t, p in zip(totals, parts, strict=True) if t >= cut]
+    whole = sum(t for t, _ in tail)
+    return sum(p for _, p in tail) / whole if whole else None
+
+
 def median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -491,7 +502,7 @@ class Bench:
             "DEBUG": "false",
         }
         self.env.pop("REDIS_URL", None)
-        if self.mode == "postgres":
+        if self.mode == "postgres" or os.environ.get("BENCH_SQLITE_REDIS"):
             self.env["REDIS_URL"] = redis_url(REDIS_DB_OURS)
             flush_redis(REDIS_DB_OURS)
         for key in ("WEBHOOKS_POLL_INTERVAL", "WEBHOOKS_SENDER_THREADS", "WEBHOOKS_LEASE_SECONDS"):
@@ -845,9 +856,10 @@ class Bench:
             [self.receiver.url(f"{prefix}ten{k}") for k in range(10)], events=["user.updated"]
         )
 
-    def request_sample(self, i: int, event_type: str | None) -> tuple[float, float]:
-        """One view-like transaction: (whole block, the emit() call) in seconds. The
-        block is what the view pays: BEGIN, the save, emit(), COMMIT, the on-commit wake."""
+    def request_sample(self, i: int, event_type: str | None) -> tuple[float, float, float]:
+        """One view-like transaction: (whole block, the emit() call, BEGIN) in seconds. The
+        block is what the view pays: BEGIN, the save, emit(), COMMIT, the on-commit wake.
+        On SQLite (IMMEDIATE) BEGIN is where the view waits for the write lock."""
         from django.db import transaction
 
         from webhooks_app import emit
@@ -855,6 +867,7 @@ class Bench:
         model = bench_customer_model()
         t0 = time.perf_counter()
         with transaction.atomic():
+            tb = time.perf_counter()
             model.objects.create(username=f"user{i}", email=f"user{i}@example.com")
             t1 = time.perf_counter()
             if event_type:
@@ -863,7 +876,7 @@ class Bench:
                     {"id": i, "username": f"user{i}", "email": f"user{i}@example.com"},
                 )
             t2 = time.perf_counter()
-        return time.perf_counter() - t0, t2 - t1
+        return time.perf_counter() - t0, t2 - t1, tb - t0
 
     def request_path(self) -> dict:
         """Save vs save + emit() in one view transaction each, the kinds interleaved so
@@ -879,12 +892,14 @@ class Bench:
             spy = self.profile_self(profile_name) if profile_name else None
             total: dict[str, list[float]] = {k: [] for k, _ in self.REQUEST_KINDS}
             call: dict[str, list[float]] = {k: [] for k, _ in self.REQUEST_KINDS}
+            begin: dict[str, list[float]] = {k: [] for k, _ in self.REQUEST_KINDS}
             try:
                 for i in range(self.args.request_emits):
                     for kind, event_type in self.REQUEST_KINDS:
-                        t, e = self.request_sample(i, event_type)
+                        t, e, b = self.request_sample(i, event_type)
                         total[kind].append(t * 1000)
                         call[kind].append(e * 1000)
+                        begin[kind].append(b * 1000)
                         if spacing:
                             time.sleep(spacing)
             finally:
@@ -896,6 +911,9 @@ class Bench:
                     "p99_ms": pct(total[kind], 99),
                     "emit_median_ms": statistics.median(call[kind]),
                     "emit_p99_ms": pct(call[kind], 99),
+                    "begin_p99_ms": pct(begin[kind], 99),
+                    # The share of the block's p99 tail (its slowest 1 %) spent in BEGIN.
+                    "begin_share_of_tail": _tail_share(total[kind], begin[kind]),
                 }
                 for kind, _ in self.REQUEST_KINDS
             }
@@ -1329,6 +1347,14 @@ def request_rows(add, per_run) -> None:
             "ms",
             peer("bare", "p99_ms"),
             "django-webhook's bare save",
+        )
+        add(
+            sc,
+            "bare save: BEGIN p99, share of the slowest 1 % in BEGIN",
+            ours("bare", "begin_p99_ms"),
+            "ms",
+            ours("bare", "begin_share_of_tail"),
+            "share (SQLite: the write-lock wait)",
         )
         for stat, word in (("median_ms", "median"), ("p99_ms", "p99")):
             value, ref = ours("one", stat), peer("hook", stat)
