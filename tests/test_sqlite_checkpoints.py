@@ -169,20 +169,27 @@ def _child_writes(rows: int) -> None:
     conn.close()
 
 
+# Writes until the stop file exists. The short sleep between commits lets the forked
+# children get the write lock: without it they lost every race (SQLite's busy handler
+# sleeps while a tight loop re-takes the lock) and a loaded machine made one round of
+# forks outlast a fixed run of the writer.
 WRITER = """
-import sqlite3, sys, time
+import os, sqlite3, sys, time
 conn = sqlite3.connect(sys.argv[1], timeout=20, isolation_level=None)
-n, end = 0, time.monotonic() + float(sys.argv[2])
-while time.monotonic() < end:
+n = 0
+while not os.path.exists(sys.argv[2]):
     conn.execute("BEGIN IMMEDIATE")
     conn.execute("INSERT INTO ckpt_probe VALUES (randomblob(2000))")
     conn.execute("COMMIT")
     n += 1
+    time.sleep(0.001)
 print(n)
 """
 
 
-def test_forked_writers_and_busy_checkpoints_leave_the_file_sound(probe_table, monkeypatch):
+def test_forked_writers_and_busy_checkpoints_leave_the_file_sound(
+    probe_table, monkeypatch, tmp_path
+):
     """Forks while this process's thread checkpoints as often as it can (another process
     writes all along, so there is always something to copy); each child writes through
     its own connection and thread, as django-q2's workers do. The file passes SQLite's
@@ -198,23 +205,31 @@ def test_forked_writers_and_busy_checkpoints_leave_the_file_sound(probe_table, m
     sqlite_checkpoints.stop()
     fresh_connection()  # a thread at the patched pace
     path = connection.settings_dict["NAME"]
+    stop_file = tmp_path / "stop"
     writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, path, "6"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", WRITER, path, str(stop_file)], stdout=subprocess.PIPE, text=True
     )
     ctx = multiprocessing.get_context("fork")
     forks = 0
-    while writer.poll() is None:
-        connections.close_all()  # as django-q2 does before it forks
-        children = [ctx.Process(target=_child_writes, args=(50,)) for _ in range(2)]
-        for child in children:
-            child.start()
-        for child in children:
-            child.join(60)
-            assert child.exitcode == 0
-        forks += len(children)
+    deadline = time.monotonic() + 60
+    try:
+        # Rounds of forks, the writer writing throughout, until the forks fell among
+        # many checkpoints.
+        while forks < 6 or len(calls) < 50:
+            assert time.monotonic() < deadline
+            connections.close_all()  # as django-q2 does before it forks
+            children = [ctx.Process(target=_child_writes, args=(50,)) for _ in range(2)]
+            for child in children:
+                child.start()
+            for child in children:
+                child.join(60)
+                assert child.exitcode == 0
+            forks += len(children)
+            assert writer.poll() is None  # still writing
+    finally:
+        stop_file.touch()
     written = int(writer.communicate(timeout=30)[0])
-    assert forks >= 4 and written > 0
-    assert len(calls) >= 50  # the forks fell among many checkpoints
+    assert forks >= 6 and written > 0
     with connection.cursor() as cursor:
         cursor.execute("PRAGMA integrity_check")
         assert cursor.fetchall() == [("ok",)]
