@@ -3,6 +3,10 @@ naming the field, never a database error (NUL on PostgreSQL, a lone surrogate's 
 UTF-8 encode on every database, a 4300-digit integer's str()), and the caller's
 transaction stays usable with nothing written."""
 
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+
 import pytest
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -112,3 +116,48 @@ def test_an_event_type_that_is_not_text_is_a_validation_error():
     for bad in (["user.created"], {"a": 1}, None, 42, "user.created\x00"):
         with pytest.raises(ValidationError, match="Unknown event type"):
             emit(bad, {})
+
+
+def _deep(levels: int) -> dict:
+    value: dict = {}
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"a": "x\x00y"}, {"a": float("nan")}, {"a": "\ud800"}, {"a": 2**60}, _deep(40),
+     {"a": "x" * (300 * 1024)}],
+    ids=["nul", "nan", "surrogate", "large_int", "deep", "huge"],
+)
+def test_an_unrouted_emit_refuses_what_a_routed_one_refuses(make_endpoint, data):
+    """The unrouted path returns early, but after the data has been checked."""
+    make_endpoint("http://127.0.0.1:9/a")  # user.created only
+    refused(lambda: emit("user.deleted", data), None)
+    refused(lambda: emit("user.created", data), None)
+
+
+def test_an_unrouted_emit_returns_the_body_a_routed_one_would_send(make_endpoint):
+    make_endpoint("http://127.0.0.1:9/a")
+    data = {
+        "name": "Mïke ✓ 雪",
+        "at": datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        "amount": Decimal("1.50"),
+        "text": "é" * 50_000,
+    }
+    unrouted = emit("user.deleted", data)
+    routed = emit("user.created", data)
+    assert unrouted.pk is None and routed.pk is not None
+    assert Event.objects.count() == 1  # only the routed one is written
+    one, two = json.loads(unrouted.body), json.loads(routed.body)
+    assert one["data"] == two["data"] == {
+        "name": "Mïke ✓ 雪",
+        "at": "2026-01-02T03:04:05.678Z",
+        "amount": "1.50",
+        "text": "é" * 50_000,
+    }
+    assert one["event"] == "user.deleted" and one["id"].startswith("evt_")
+    at = unrouted.created_at.astimezone(UTC)
+    assert one["timestamp"] == f"{at:%Y-%m-%dT%H:%M:%S}.{at.microsecond // 1000:03d}Z"
+    assert unrouted.data == Event.objects.get().data

@@ -560,17 +560,15 @@ def emit(
     stored = bool(endpoints) or app_settings.KEEP_UNROUTED_EVENTS
     if idempotency_key is None and not stored:
         return event  # unrouted: no row, no wake-up (bounded tables)
-    deliveries = []
-    if endpoints:
-        now = event.created_at
-        due = now + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])
-        deliveries = [
-            new_delivery(ep, event, env, data, next_attempt_at=due, created_at=now)
-            for ep in endpoints
-        ]
-        for delivery in deliveries:
-            if delivery.body is not None:
-                jsonenc.check_size(delivery.body, "The body for one of the endpoints")
+    now = event.created_at
+    due = now + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])
+    deliveries = [
+        new_delivery(ep, event, env, data, next_attempt_at=due, created_at=now)
+        for ep in endpoints
+    ]
+    for delivery in deliveries:
+        if delivery.body is not None:
+            jsonenc.check_size(delivery.body, "The body for one of the endpoints")
     with transaction.atomic(using=using, savepoint=False):
         if idempotency_key is not None:
             first = _claim_key(idempotency_key, event, stored, using)

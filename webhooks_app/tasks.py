@@ -106,7 +106,6 @@ class _Waker:
     STALL_SECONDS = 0.2
 
     def __init__(self) -> None:
-        self.pid = 0
         self.event = threading.Event()
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -124,7 +123,8 @@ class _Waker:
             self.unsent_since = now
         self.poked += 1
         thread = self.thread
-        if self.pid != os.getpid() or thread is None or not thread.is_alive():
+        # (A fork leaves the child's copy of the parent's thread not alive.)
+        if thread is None or not thread.is_alive():
             if not self._start():
                 self.sent = self.poked
                 wake_workers()
@@ -137,14 +137,14 @@ class _Waker:
     def _start(self) -> bool:
         with self.lock:
             thread = self.thread
-            if self.pid == os.getpid() and thread is not None and thread.is_alive():
+            if thread is not None and thread.is_alive():
                 return True
             try:
                 thread = threading.Thread(target=self._run, name="webhooks_app wake", daemon=True)
                 thread.start()
             except RuntimeError:  # can't start new thread
                 return False
-            self.thread, self.pid = thread, os.getpid()
+            self.thread = thread
             return True
 
     def _run(self) -> None:
@@ -159,7 +159,7 @@ class _Waker:
             self.sent = max(self.sent, seen)
 
     def at_exit(self) -> None:
-        if self.pid == os.getpid() and self.pending():
+        if self.pending():
             self.sent = self.poked
             wake_workers()
 
@@ -169,7 +169,7 @@ class _Waker:
         _wake_lock = threading.Lock()
         self.lock = threading.Lock()
         self.event = threading.Event()
-        self.thread, self.pid = None, 0
+        self.thread = None
         self.poked = self.sent = 0
 
 
