@@ -376,6 +376,100 @@ def test_lease_guard_a_worker_that_lost_its_claim_records_nothing(receiver, make
     assert Delivery.objects.get(pk=d.pk).status == "succeeded"
 
 
+def test_record_writes_a_mixed_chunk_and_skips_the_rows_it_lost(make_endpoint, receiver):
+    """A chunk with a success, a retried failure, a final failure (NUL and non-ASCII in
+    its error) and a row another worker took meanwhile: each owned row gets its own new
+    state and exactly one attempt numbered after its earlier ones; the lost row is left
+    to its new owner, untouched."""
+    endpoint, _ = make_endpoint(receiver.url())
+    for _ in range(4):
+        emit("user.created", {})
+    token, rows = engine.claim(10)
+    ok, retried, final, lost = sorted(rows, key=lambda d: d.pk)
+    Endpoint.objects.filter(pk=endpoint.pk).update(consecutive_failures=3)
+    Delivery.objects.filter(pk=final.pk).update(attempts=5, sequence_attempts=10)
+    final.attempts, final.sequence_attempts = 5, 10  # past any retry schedule
+    Delivery.objects.filter(pk=lost.pk).update(claim_token="someone-else")
+    now = timezone.now()
+    outcomes = [
+        engine.Outcome(ok, engine.transport.Response(204, 12, excerpt="fine"), now),
+        engine.Outcome(retried, engine.transport.Response(503, 30, excerpt="busy"), now),
+        engine.Outcome(final, engine.transport.Response(None, 7, error="reset\x00 ü"), now),
+        engine.Outcome(lost, engine.transport.Response(200, 5), now),
+    ]
+    recorded = engine.record(token, outcomes)
+    assert [o.delivery.pk for o in recorded] == [ok.pk, retried.pk, final.pk]
+    got = {d.pk: d for d in Delivery.objects.filter(pk__in=[d.pk for d in rows])}
+    assert got[ok.pk].status == "succeeded" and got[ok.pk].last_status_code == 204
+    assert got[ok.pk].next_attempt_at is None and got[ok.pk].claim_token == ""
+    assert got[retried.pk].status == "pending" and got[retried.pk].next_attempt_at > now
+    assert got[retried.pk].last_error == "HTTP 503" and got[retried.pk].last_response_ms == 30
+    assert got[final.pk].status == "failed" and got[final.pk].last_error == "reset\\x00 ü"
+    assert got[final.pk].attempts == 6 and got[final.pk].sequence_attempts == 11
+    assert got[lost.pk].attempts == 0 and got[lost.pk].claim_token == "someone-else"
+    attempts = {a.delivery_id: a for a in DeliveryAttempt.objects.all()}
+    assert set(attempts) == {ok.pk, retried.pk, final.pk}
+    assert [attempts[d.pk].number for d in (ok, retried, final)] == [1, 1, 6]
+    assert attempts[ok.pk].succeeded and attempts[ok.pk].response_excerpt == "fine"
+    assert attempts[retried.pk].status_code == 503 and not attempts[retried.pk].succeeded
+    assert attempts[final.pk].error == "reset\\x00 ü" and attempts[final.pk].duration_ms == 7
+    assert attempts[ok.pk].started_at == now
+    # The success ended the run of failures; the final failure then started a new one.
+    assert Endpoint.objects.get(pk=endpoint.pk).consecutive_failures == 1
+    # The objects in memory follow what was written (and the lost one does not).
+    assert ok.status == "succeeded" and final.attempts == 6 and lost.attempts == 0
+
+
+def test_record_waits_for_a_worker_that_is_taking_the_row_and_then_leaves_it(
+    make_endpoint, receiver
+):
+    """Another worker re-claims one of our rows in a transaction still open while we
+    record: our write waits for it, sees the row is no longer ours, and records only the
+    other row (PostgreSQL re-checks the claim after the lock; SQLite's write lock
+    serialises the two)."""
+    import threading
+
+    from django.db import connections
+
+    make_endpoint(receiver.url())
+    emit("user.created", {})
+    emit("user.created", {})
+    token, rows = engine.claim(10)
+    mine, taken = sorted(rows, key=lambda d: d.pk)
+    now = timezone.now()
+    outcomes = [
+        engine.Outcome(d, engine.transport.Response(200, 3), now) for d in (mine, taken)
+    ]
+    holding, release = threading.Event(), threading.Event()
+
+    def other_worker():
+        try:
+            with transaction.atomic():
+                Delivery.objects.filter(pk=taken.pk).update(claim_token="other-worker")
+                holding.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    t = threading.Thread(target=other_worker)
+    t.start()
+    assert holding.wait(10)
+    result = []
+    recorder = threading.Thread(
+        target=lambda: (result.extend(engine.record(token, outcomes)), connections.close_all())
+    )
+    recorder.start()
+    recorder.join(0.5)
+    assert recorder.is_alive()  # waiting for the other worker's lock
+    release.set()
+    t.join(10)
+    recorder.join(10)
+    assert [o.delivery.pk for o in result] == [mine.pk]
+    assert Delivery.objects.get(pk=taken.pk).claim_token == "other-worker"
+    assert Delivery.objects.get(pk=taken.pk).attempts == 0
+    assert list(DeliveryAttempt.objects.values_list("delivery_id", flat=True)) == [mine.pk]
+
+
 def test_claim_never_hands_out_a_leased_row_twice(make_endpoint, receiver):
     make_endpoint(receiver.url())
     for _ in range(5):

@@ -79,6 +79,13 @@ def test_a_success_resets_the_failure_count_whatever_the_loaded_row_said(receive
     assert rows[0].endpoint.consecutive_failures == 0
     engine.deliver_chunk(token, rows)
     assert Endpoint.objects.get(pk=endpoint.pk).consecutive_failures == 0
+    # A chunk without a success leaves the run as it is (a retried failure adds nothing).
+    Endpoint.objects.filter(pk=endpoint.pk).update(consecutive_failures=3)
+    emit("user.created", {})
+    token, rows = engine.claim(10)
+    failed = engine.Outcome(rows[0], transport.Response(500, 3), timezone.now())
+    assert engine.record(token, [failed]) and rows[0].status == "pending"
+    assert Endpoint.objects.get(pk=endpoint.pk).consecutive_failures == 3
 
 
 def test_nul_bytes_in_a_response_are_recorded(receiver, make_endpoint):
