@@ -31,11 +31,11 @@ from django.db import (
     router,
     transaction,
 )
-from django.db.models import F, Func, IntegerField, Q, Value
+from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from . import __version__, gating, signals, signing, transport
+from . import __version__, gating, signals, signing, statements, transport
 from . import headers as headers_policy
 from .conf import app_settings
 from .events import TEST_EVENT
@@ -170,18 +170,6 @@ def lease_valid_until(token: str) -> float:
     return _leases.valid_until(token)
 
 
-class _OctetLength(Func):
-    """Bytes of a text column (UTF-8), to bound a claim by size without loading bodies."""
-
-    function = "OCTET_LENGTH"
-    output_field = IntegerField()
-
-    def as_sqlite(self, compiler, connection, **extra):
-        return self.as_sql(
-            compiler, connection, template="LENGTH(CAST(%(expressions)s AS BLOB))", **extra
-        )
-
-
 def _take_by_bytes(sized: list[tuple[int, int]], max_bytes: int | None) -> tuple[list, dict]:
     """The prefix of (id, size) pairs that fits in ``max_bytes`` (at least one row)."""
     ids: list[int] = []
@@ -257,67 +245,51 @@ def claim(
     lease_until = now + timedelta(seconds=lease)
     valid_until = time.monotonic() + lease
     db = _db()
-    paused = Endpoint.objects.using(db).filter(paused_until__gt=now).values("id")
-    due = Delivery.objects.using(db).filter(
-        status=Delivery.Status.PENDING, next_attempt_at__lte=now
-    ).exclude(endpoint_id__in=paused)
-    # Test deliveries are sent by send_test() in the caller's thread, never by a worker.
-    due = due.exclude(event_type=TEST_EVENT)
+    conn = connections[db]
     exclude = list(exclude_endpoints)
-    if exclude:
-        due = due.exclude(endpoint_id__in=exclude)
-    due = due.order_by("next_attempt_at").annotate(
-        size=Coalesce(_OctetLength("body"), _OctetLength("event__body"))
-    )
-    due = due.values_list(
-        "id",
-        "size",
-        "endpoint_id",
-        "endpoint__rate_limit",
-        "endpoint__ordered",
-        "endpoint__breaker_state",
-    )
     slots: dict[int, datetime] = {}
     # Enough candidates to fill ``limit`` from the first endpoints of a fan-out.
     window = limit if max_endpoints is None else min(4 * limit, max(limit, 1000))
-    if connections[db].features.has_select_for_update_skip_locked:
-        # PostgreSQL: concurrent claimers skip each other's rows instead of waiting.
-        with transaction.atomic(using=db):
-            candidates = _of_first_endpoints(
-                list(due.select_for_update(skip_locked=True, of=("self",))[:window]),
-                limit,
-                max_endpoints,
-            )
+    # (Test deliveries are sent by send_test() in the caller's thread, never by a worker.)
+    due = statements.due_sql(conn, len(exclude))
+    due_params = statements.due_params(conn, now, exclude, window, TEST_EVENT)
+    leased = Delivery._meta.get_field("next_attempt_at").get_db_prep_value(lease_until, conn)
+    rows: list[Delivery] = []
+    if conn.vendor == "postgresql":
+        # Concurrent claimers skip each other's rows instead of waiting; the lease's
+        # UPDATE returns the rows with their events.
+        with transaction.atomic(using=db), conn.cursor() as cursor:
+            cursor.execute(due, due_params)
+            candidates = _of_first_endpoints(cursor.fetchall(), limit, max_endpoints)
             candidates, sizes = _fit(candidates, max_bytes)
             ids, slots = _admit(db, candidates, now, lease_until, lock=True)
             if ids:
                 # Only rows this transaction holds (candidates), so nothing waits here.
-                Delivery.objects.using(db).filter(id__in=ids).update(
-                    next_attempt_at=lease_until, claim_token=token
-                )
+                cursor.execute(statements.lease_sql(conn, len(ids)), [leased, token, ids])
+                rows = statements.loaded_rows(conn, cursor.fetchall())
     else:
         # SQLite: a read first (cheap, never blocks under WAL), then one guarded UPDATE;
         # rows another worker leased in between no longer match and are skipped.
-        candidates, sizes = _fit(
-            _of_first_endpoints(list(due[:window]), limit, max_endpoints), max_bytes
-        )
+        with conn.cursor() as cursor:
+            cursor.execute(due, due_params)
+            candidates = cursor.fetchall()
+        candidates, sizes = _fit(_of_first_endpoints(candidates, limit, max_endpoints), max_bytes)
         ids = []
         if candidates:
-            with _writing(db), transaction.atomic(using=db):
+            with _writing(db), transaction.atomic(using=db), conn.cursor() as cursor:
                 ids, slots = _admit(db, candidates, now, lease_until, lock=False)
                 if ids:
-                    Delivery.objects.using(db).filter(
-                        id__in=ids, status=Delivery.Status.PENDING, next_attempt_at__lte=now
-                    ).update(next_attempt_at=lease_until, claim_token=token)
+                    pending, when = Delivery.Status.PENDING, due_params[0]
+                    cursor.execute(
+                        statements.lease_sql(conn, len(ids)), [leased, token, *ids, pending, when]
+                    )
     if not ids:
         return token, []
     try:
-        rows = list(
-            Delivery.objects.using(db)
-            .filter(id__in=ids, claim_token=token)
-            .select_related("event")
-            .defer("event__data")
-        )
+        if conn.vendor != "postgresql":
+            with conn.cursor() as cursor:
+                cursor.execute(statements.leased_sql(conn, len(ids)), [*ids, token])
+                rows = statements.loaded_rows(conn, cursor.fetchall())
         # In the order they were due (the lease overwrote their due times), ordered
         # endpoints' runs in emit order: each endpoint's chunk is sent in this order.
         position = {row_id: i for i, row_id in enumerate(ids)}
@@ -711,18 +683,8 @@ def _write_outcomes(db: str, token: str, states: list) -> list[Outcome]:
     return recorded
 
 
-_ATTEMPT_COLUMNS = (
-    "started_at",
-    "duration_ms",
-    "status_code",
-    "response_excerpt",
-    "error",
-    "succeeded",
-)
-
-
 def _attempt_values(outcome: Outcome, conn) -> list:
-    """The attempt's columns (``_ATTEMPT_COLUMNS``) as the database stores them."""
+    """The attempt's columns (``statements.ATTEMPT_COLUMNS``) as the database stores them."""
     r = outcome.response
     started = DeliveryAttempt._meta.get_field("started_at")
     return [
@@ -735,28 +697,14 @@ def _attempt_values(outcome: Outcome, conn) -> list:
     ]
 
 
-_pg_record_sql: dict[tuple, str] = {}
-
-
 def _write_outcomes_pg(conn, db: str, token: str, states: list, names: tuple) -> set[int]:
-    """PostgreSQL: the new state of every row (an ``UPDATE … FROM unnest(…)`` that only
-    matches rows still carrying ``token``) and the attempts of exactly the rows it
-    updated (an ``INSERT … SELECT`` joined to its ``RETURNING``), in one statement.
-
-    One array per column, so the statement's text and its 15 parameters are the same
-    for every chunk: psycopg caches its parsing (it does not for a statement of over 50
-    parameters, which a VALUES list of 14 per row was from the 4th row on).
-
-    Each row is locked by the UPDATE, which re-checks ``claim_token`` after waiting for
-    a concurrent writer, as the ``SELECT … FOR UPDATE`` of the other databases does.
-    The attempt's number is the row's counter after this UPDATE.
-    """
-    key = (conn.alias, names)
-    sql = _pg_record_sql.get(key)
-    if sql is None:
-        sql = _pg_record_sql[key] = _build_pg_record_sql(conn, names)
+    """PostgreSQL: ``statements.record_sql``, one statement and one round trip (no
+    BEGIN or COMMIT of its own), with one array per column: its text and its 15
+    parameters are the same for every chunk, so psycopg parses it once (a VALUES list
+    of 14 parameters per row was past its cache's 50 from the 4th row)."""
+    sql = statements.record_sql(conn, names)
     fields = [Delivery._meta.get_field(n) for n in names]
-    columns: list[list] = [[] for _ in range(1 + len(names) + len(_ATTEMPT_COLUMNS))]
+    columns: list[list] = [[] for _ in range(1 + len(names) + len(statements.ATTEMPT_COLUMNS))]
     for o, state in states:
         row = [o.delivery.id]
         row += [f.get_db_prep_save(state[n], conn) for f, n in zip(fields, names, strict=True)]
@@ -770,48 +718,6 @@ def _write_outcomes_pg(conn, db: str, token: str, states: list, names: tuple) ->
         else:
             cursor.execute(sql, [*columns, token])
         return {row[0] for row in cursor.fetchall()}
-
-
-def _build_pg_record_sql(conn, names: tuple) -> str:
-    q = conn.ops.quote_name
-    d_fields = {f.name: f for f in Delivery._meta.concrete_fields}
-    a_fields = {f.name: f for f in DeliveryAttempt._meta.concrete_fields}
-    columns = [
-        ("id", d_fields["id"]),
-        *((d_fields[n].column, d_fields[n]) for n in names),
-        *((f"a_{c}", a_fields[c]) for c in _ATTEMPT_COLUMNS),
-    ]
-    arrays = ", ".join(f"%s::{f.cast_db_type(conn)}[]" for _, f in columns)
-    sets = ", ".join(f"{q(d_fields[n].column)} = v.{q(d_fields[n].column)}" for n in names)
-    attempts, sequence = q("attempts"), q("sequence_attempts")
-    inserted = ", ".join(q(c) for c in ("delivery_id", "number", *_ATTEMPT_COLUMNS))
-    selected = ", ".join(["v.id", f"u.{attempts}", *(f"v.{q('a_' + c)}" for c in _ATTEMPT_COLUMNS)])
-    succeeded = f"SELECT {q('endpoint_id')} FROM u WHERE {q('a_succeeded')}"
-    return (
-        f"WITH v AS (SELECT * FROM unnest({arrays}) AS v ({', '.join(q(c) for c, _ in columns)})), "
-        f"u AS (UPDATE {q(Delivery._meta.db_table)} AS d SET {attempts} = d.{attempts} + 1, "
-        f"{sequence} = d.{sequence} + 1, {sets} FROM v "
-        f"WHERE d.{q('id')} = v.{q('id')} AND d.{q('claim_token')} = %s "
-        f"RETURNING d.{q('id')}, d.{attempts}, d.{q('endpoint_id')}, v.{q('a_succeeded')}), "
-        f"i AS (INSERT INTO {q(DeliveryAttempt._meta.db_table)} ({inserted}) "
-        f"SELECT {selected} FROM v JOIN u ON u.{q('id')} = v.{q('id')} "
-        f"RETURNING {q('delivery_id')}), "
-        # A success ends the endpoint's run of failures (see _reset_failures_sql).
-        f"e AS ({_reset_failures_sql(conn, succeeded)}) "
-        f"SELECT {q('delivery_id')} FROM i"
-    )
-
-
-def _reset_failures_sql(conn, endpoint_ids: str) -> str:
-    """An UPDATE that ends the run of failed deliveries of the endpoints ``endpoint_ids``
-    (SQL) selects, written with their outcomes: whatever the worker's (possibly stale)
-    Endpoint object says, another worker may have counted failures since it was loaded."""
-    q = conn.ops.quote_name
-    failures = q("consecutive_failures")
-    return (
-        f"UPDATE {q(Endpoint._meta.db_table)} SET {failures} = 0 "
-        f"WHERE {q('id')} IN ({endpoint_ids}) AND {failures} > 0"
-    )
 
 
 def _write_outcomes_in_steps(conn, db: str, token: str, states: list) -> set[int]:
@@ -853,11 +759,12 @@ def _write_outcomes_in_steps(conn, db: str, token: str, states: list) -> set[int
             if d.id in owned:
                 values += [d.id, d.attempts + 1, *_attempt_values(outcome, conn)]
         if values:
-            columns = ", ".join(q(c) for c in ("delivery_id", "number", *_ATTEMPT_COLUMNS))
-            row = "(" + ", ".join(["%s"] * (2 + len(_ATTEMPT_COLUMNS))) + ")"
+            names = ("delivery_id", "number", *statements.ATTEMPT_COLUMNS)
+            row = "(" + ", ".join(["%s"] * len(names)) + ")"
             cursor.execute(
-                f"INSERT INTO {q(DeliveryAttempt._meta.db_table)} ({columns}) "
-                f"VALUES {', '.join([row] * (len(values) // (2 + len(_ATTEMPT_COLUMNS))))}",
+                f"INSERT INTO {q(DeliveryAttempt._meta.db_table)} "
+                f"({', '.join(q(c) for c in names)}) "
+                f"VALUES {', '.join([row] * (len(values) // len(names)))}",
                 values,
             )
         succeeded = sorted(
@@ -866,7 +773,7 @@ def _write_outcomes_in_steps(conn, db: str, token: str, states: list) -> set[int
         if succeeded:
             # In this transaction: on SQLite a second one would take the write lock again.
             cursor.execute(
-                _reset_failures_sql(conn, ", ".join(["%s"] * len(succeeded))), succeeded
+                statements.reset_failures_sql(conn, ", ".join(["%s"] * len(succeeded))), succeeded
             )
     return owned
 

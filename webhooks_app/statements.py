@@ -1,0 +1,245 @@
+"""The engine's hand-written SQL: the claim and the record of every chunk.
+
+Every delivery goes through one claim and one record, so their Python cost is paid per
+delivery: compiling the ORM's querysets (a claim compiled four, about 2 ms of a worker's
+CPU even when nothing was due) and building model instances through them cost more
+than the HTTP request the delivery is for. The statements here are built once per shape
+and cached; their rows become model instances through ``Model.from_db`` with the
+backend's and fields' own converters, as the ORM's iterator does.
+
+PostgreSQL gets single statements with array parameters (``= ANY(%s)``, ``unnest``): a
+constant text with few parameters, which psycopg parses once (it caches statements of
+at most 50 parameters and 4 KiB), and no round trip more than needed. SQLite (no
+round trips to save) gets plain ``IN`` lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.db.models import Model
+
+from .models import Delivery, DeliveryAttempt, Endpoint, Event
+
+_cache: dict[tuple, Any] = {}
+
+
+def _cached(key: tuple, build):
+    sql = _cache.get(key)
+    if sql is None:
+        sql = _cache[key] = build()
+    return sql
+
+
+def _columns(conn, model: type[Model], alias: str, skip: Sequence[str] = ()) -> list:
+    q = conn.ops.quote_name
+    return [
+        f"{alias}.{q(f.column)}" for f in model._meta.concrete_fields if f.name not in skip
+    ]
+
+
+# The claim ---------------------------------------------------------------------------
+def due_sql(conn, excluded: int) -> str:
+    """Due deliveries, oldest due first, with what the claim decides on: (id, body size,
+    endpoint id, its rate limit, ordered, breaker state). Parameters: now, pending, now,
+    the test event type, the excluded endpoint ids (PostgreSQL: one list; SQLite: one
+    each, ``excluded`` of them), the limit. Rows of a paused endpoint and test sends
+    are not due for a worker. PostgreSQL locks the rows it returns, skipping the rows
+    another claimer holds."""
+    pg = conn.vendor == "postgresql"
+    return _cached(
+        (conn.alias, "due", -1 if pg else excluded), lambda: _due_sql(conn, excluded, pg)
+    )
+
+
+def _due_sql(conn, excluded: int, pg: bool) -> str:
+    q = conn.ops.quote_name
+    d, e, ep = q(Delivery._meta.db_table), q(Event._meta.db_table), q(Endpoint._meta.db_table)
+    if pg:
+        size = f"COALESCE(OCTET_LENGTH(d.{q('body')}), OCTET_LENGTH(e.{q('body')}))"
+        key_type = Endpoint._meta.pk.cast_db_type(conn)
+        exclude = f" AND NOT (d.{q('endpoint_id')} = ANY(%s::{key_type}[]))"
+        lock = " FOR UPDATE OF d SKIP LOCKED"
+    else:
+        size = (
+            f"COALESCE(LENGTH(CAST(d.{q('body')} AS BLOB)), LENGTH(CAST(e.{q('body')} AS BLOB)))"
+        )
+        ids = ", ".join(["%s"] * excluded)
+        exclude = f" AND NOT (d.{q('endpoint_id')} IN ({ids}))" if excluded else ""
+        lock = ""
+    return (
+        f"SELECT d.{q('id')}, {size}, d.{q('endpoint_id')}, ep.{q('rate_limit')}, "
+        f"ep.{q('ordered')}, ep.{q('breaker_state')} FROM {d} d "
+        f"INNER JOIN {ep} ep ON d.{q('endpoint_id')} = ep.{q('id')} "
+        f"INNER JOIN {e} e ON d.{q('event_id')} = e.{q('id')} "
+        f"WHERE d.{q('next_attempt_at')} <= %s AND d.{q('status')} = %s "
+        f"AND NOT (d.{q('endpoint_id')} IN "
+        f"(SELECT p.{q('id')} FROM {ep} p WHERE p.{q('paused_until')} > %s)) "
+        f"AND NOT (d.{q('event_type')} = %s){exclude} "
+        f"ORDER BY d.{q('next_attempt_at')} ASC LIMIT %s{lock}"
+    )
+
+
+def due_params(conn, now, excluded: list[int], limit: int, test_event: str) -> list:
+    when = Delivery._meta.get_field("next_attempt_at").get_db_prep_value(now, conn)
+    ids: list = [excluded] if conn.vendor == "postgresql" else list(excluded)
+    return [when, Delivery.Status.PENDING, when, test_event, *ids, limit]
+
+
+def lease_sql(conn, n: int) -> str:
+    """Lease rows to a claim token. PostgreSQL (rows the claim's transaction holds):
+    parameters lease end, token, the ids (one list); it returns each row with its event
+    (``loaded_rows``). SQLite: lease end, token, the ``n`` ids, pending, now: only rows
+    still pending and due (another worker may have leased them since the read)."""
+    pg = conn.vendor == "postgresql"
+    return _cached((conn.alias, "lease", -1 if pg else n), lambda: _lease_sql(conn, n, pg))
+
+
+def _lease_sql(conn, n: int, pg: bool) -> str:
+    q = conn.ops.quote_name
+    d, e = q(Delivery._meta.db_table), q(Event._meta.db_table)
+    sets = f"{q('next_attempt_at')} = %s, {q('claim_token')} = %s"
+    if pg:
+        returned = ", ".join(
+            _columns(conn, Delivery, "d") + _columns(conn, Event, "e", skip=("data",))
+        )
+        return (
+            f"UPDATE {d} AS d SET {sets} FROM {e} AS e "
+            f"WHERE d.{q('id')} = ANY(%s::{Delivery._meta.pk.cast_db_type(conn)}[]) "
+            f"AND e.{q('id')} = d.{q('event_id')} "
+            f"RETURNING {returned}"
+        )
+    return (
+        f"UPDATE {d} SET {sets} WHERE {q('id')} IN ({', '.join(['%s'] * n)}) "
+        f"AND {q('status')} = %s AND {q('next_attempt_at')} <= %s"
+    )
+
+
+def leased_sql(conn, n: int) -> str:
+    """SQLite: the rows of a claim token among ``n`` ids, each with its event
+    (``loaded_rows``). Parameters: the ids, the token."""
+    return _cached((conn.alias, "leased", n), lambda: _leased_sql(conn, n))
+
+
+def _leased_sql(conn, n: int) -> str:
+    q = conn.ops.quote_name
+    d, e = q(Delivery._meta.db_table), q(Event._meta.db_table)
+    selected = ", ".join(
+        _columns(conn, Delivery, "d") + _columns(conn, Event, "e", skip=("data",))
+    )
+    return (
+        f"SELECT {selected} FROM {d} d INNER JOIN {e} e ON d.{q('event_id')} = e.{q('id')} "
+        f"WHERE d.{q('id')} IN ({', '.join(['%s'] * n)}) AND d.{q('claim_token')} = %s"
+    )
+
+
+def loaded_rows(conn, rows: list[tuple]) -> list[Delivery]:
+    """Deliveries (with their event, its ``data`` deferred) from rows of ``lease_sql``
+    or ``leased_sql``, as ``select_related("event").defer("event__data")`` builds them."""
+    db = conn.alias
+    d_fields = [f for f in Delivery._meta.concrete_fields]
+    e_fields = [f for f in Event._meta.concrete_fields if f.name != "data"]
+    d_names = [f.attname for f in d_fields]
+    e_names = [f.attname for f in e_fields]
+    converters = _converters(
+        conn, [(Delivery, f) for f in d_fields] + [(Event, f) for f in e_fields]
+    )
+    cut = len(d_fields)
+    cache_event = Delivery._meta.get_field("event").set_cached_value
+    out = []
+    for row in rows:
+        if converters:
+            row = list(row)
+            for i, expression, functions in converters:
+                value = row[i]
+                for convert in functions:
+                    value = convert(value, expression, conn)
+                row[i] = value
+        delivery = Delivery.from_db(db, d_names, row[:cut])
+        cache_event(delivery, Event.from_db(db, e_names, row[cut:]))
+        out.append(delivery)
+    return out
+
+
+def _converters(conn, fields: list) -> list:
+    """(column index, expression, converters) of the columns that have converters, as
+    ``SQLCompiler.get_converters`` finds them (backend's first, then the field's)."""
+    key = (conn.alias, "converters", tuple((m, f.name) for m, f in fields))
+
+    def build():
+        out = []
+        for i, (model, field) in enumerate(fields):
+            col = field.get_col(model._meta.db_table)
+            functions = conn.ops.get_db_converters(col) + col.get_db_converters(conn)
+            if functions:
+                out.append((i, col, functions))
+        return out
+
+    return _cached(key, build)
+
+
+# The record --------------------------------------------------------------------------
+ATTEMPT_COLUMNS = (
+    "started_at",
+    "duration_ms",
+    "status_code",
+    "response_excerpt",
+    "error",
+    "succeeded",
+)
+
+
+def record_sql(conn, names: tuple) -> str:
+    """PostgreSQL: a chunk's outcomes in one statement. Parameters: one list per column
+    (delivery id, the delivery columns ``names``, then ``ATTEMPT_COLUMNS``), the token.
+
+    The new state of every row is an ``UPDATE … FROM unnest(…)`` that only matches rows
+    still carrying the token: it locks each row and re-checks the token after waiting
+    for a concurrent writer, as a ``SELECT … FOR UPDATE`` would. The attempts are
+    inserted for exactly the rows it updated (joined to its ``RETURNING``), numbered by
+    the row's counter after the UPDATE; the endpoints with a success get their run of
+    failures reset (``reset_failures_sql``). Returns the recorded delivery ids.
+    """
+    return _cached((conn.alias, "record", names), lambda: _record_sql(conn, names))
+
+
+def _record_sql(conn, names: tuple) -> str:
+    q = conn.ops.quote_name
+    d_fields = {f.name: f for f in Delivery._meta.concrete_fields}
+    a_fields = {f.name: f for f in DeliveryAttempt._meta.concrete_fields}
+    columns = [
+        ("id", d_fields["id"]),
+        *((d_fields[n].column, d_fields[n]) for n in names),
+        *((f"a_{c}", a_fields[c]) for c in ATTEMPT_COLUMNS),
+    ]
+    arrays = ", ".join(f"%s::{f.cast_db_type(conn)}[]" for _, f in columns)
+    sets = ", ".join(f"{q(d_fields[n].column)} = v.{q(d_fields[n].column)}" for n in names)
+    attempts, sequence = q("attempts"), q("sequence_attempts")
+    inserted = ", ".join(q(c) for c in ("delivery_id", "number", *ATTEMPT_COLUMNS))
+    selected = ", ".join(["v.id", f"u.{attempts}", *(f"v.{q('a_' + c)}" for c in ATTEMPT_COLUMNS)])
+    succeeded = f"SELECT {q('endpoint_id')} FROM u WHERE {q('a_succeeded')}"
+    return (
+        f"WITH v AS (SELECT * FROM unnest({arrays}) AS v ({', '.join(q(c) for c, _ in columns)})), "
+        f"u AS (UPDATE {q(Delivery._meta.db_table)} AS d SET {attempts} = d.{attempts} + 1, "
+        f"{sequence} = d.{sequence} + 1, {sets} FROM v "
+        f"WHERE d.{q('id')} = v.{q('id')} AND d.{q('claim_token')} = %s "
+        f"RETURNING d.{q('id')}, d.{attempts}, d.{q('endpoint_id')}, v.{q('a_succeeded')}), "
+        f"i AS (INSERT INTO {q(DeliveryAttempt._meta.db_table)} ({inserted}) "
+        f"SELECT {selected} FROM v JOIN u ON u.{q('id')} = v.{q('id')} "
+        f"RETURNING {q('delivery_id')}), "
+        f"e AS ({reset_failures_sql(conn, succeeded)}) "
+        f"SELECT {q('delivery_id')} FROM i"
+    )
+
+
+def reset_failures_sql(conn, endpoint_ids: str) -> str:
+    """An UPDATE that ends the run of failed deliveries of the endpoints ``endpoint_ids``
+    (SQL) selects, written with their outcomes: whatever the worker's (possibly stale)
+    Endpoint object says, another worker may have counted failures since it was loaded."""
+    q = conn.ops.quote_name
+    failures = q("consecutive_failures")
+    return (
+        f"UPDATE {q(Endpoint._meta.db_table)} SET {failures} = 0 "
+        f"WHERE {q('id')} IN ({endpoint_ids}) AND {failures} > 0"
+    )
