@@ -470,6 +470,24 @@ def test_record_waits_for_a_worker_that_is_taking_the_row_and_then_leaves_it(
     assert list(DeliveryAttempt.objects.values_list("delivery_id", flat=True)) == [mine.pk]
 
 
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's planner")
+def test_the_claim_walks_the_due_index_in_due_order_on_sqlite(make_endpoint, receiver):
+    """Not the (status, last_attempt_at) index and a sort of every pending row, whose
+    cost grows with the backlog (SQLite picked it when the status was a parameter)."""
+    from webhooks_app import statements
+
+    make_endpoint(receiver.url())
+    emit("user.created", {})
+    for excluded in ([], [1, 2]):
+        sql = statements.due_sql(connection, len(excluded))
+        params = statements.due_params(connection, timezone.now(), excluded, 10, "x")
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+            plan = " | ".join(row[-1] for row in cursor.fetchall())
+        assert f"USING INDEX {statements.DUE_INDEX} (next_attempt_at<?)" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan
+
+
 def test_claim_never_hands_out_a_leased_row_twice(make_endpoint, receiver):
     make_endpoint(receiver.url())
     for _ in range(5):

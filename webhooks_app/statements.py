@@ -40,13 +40,26 @@ def _columns(conn, model: type[Model], alias: str, skip: Sequence[str] = ()) -> 
 
 
 # The claim ---------------------------------------------------------------------------
+# The partial index of due rows (``status = 'pending'``), which the claim must walk in
+# due order: a walk of every pending row, sorted, costs in proportion to the backlog.
+DUE_INDEX = "webhooks_delivery_due"
+
+
 def due_sql(conn, excluded: int) -> str:
     """Due deliveries, oldest due first, with what the claim decides on: (id, body size,
-    endpoint id, its rate limit, ordered, breaker state). Parameters: now, pending, now,
-    the test event type, the excluded endpoint ids (PostgreSQL: one list; SQLite: one
-    each, ``excluded`` of them), the limit. Rows of a paused endpoint and test sends
-    are not due for a worker. PostgreSQL locks the rows it returns, skipping the rows
-    another claimer holds."""
+    endpoint id, its rate limit, ordered, breaker state). Parameters: now, now, the test
+    event type, the excluded endpoint ids (PostgreSQL: one list; SQLite: one each,
+    ``excluded`` of them), the limit. Rows of a paused endpoint and test sends are not
+    due for a worker. PostgreSQL locks the rows it returns, skipping the rows another
+    claimer holds.
+
+    The status is written as a literal, not a parameter: SQLite only uses a partial
+    index when the query's WHERE repeats the index's condition, and ``status = ?`` does
+    not. Even then its planner preferred the ``(status, last_attempt_at)`` index and
+    sorted every pending row (3.5 ms for 10,000 pending, against 0.33 ms through
+    ``DUE_INDEX``), so SQLite is told which index to use (``INDEXED BY``, which fails
+    loudly should the index ever be renamed).
+    """
     pg = conn.vendor == "postgresql"
     return _cached(
         (conn.alias, "due", -1 if pg else excluded), lambda: _due_sql(conn, excluded, pg)
@@ -68,12 +81,15 @@ def _due_sql(conn, excluded: int, pg: bool) -> str:
         ids = ", ".join(["%s"] * excluded)
         exclude = f" AND NOT (d.{q('endpoint_id')} IN ({ids}))" if excluded else ""
         lock = ""
+    index = "" if pg else f" INDEXED BY {q(DUE_INDEX)}"
+    pending = Delivery.Status.PENDING.value
+    assert pending.isalpha()  # a literal of the code's own, never input
     return (
         f"SELECT d.{q('id')}, {size}, d.{q('endpoint_id')}, ep.{q('rate_limit')}, "
-        f"ep.{q('ordered')}, ep.{q('breaker_state')} FROM {d} d "
+        f"ep.{q('ordered')}, ep.{q('breaker_state')} FROM {d} d{index} "
         f"INNER JOIN {ep} ep ON d.{q('endpoint_id')} = ep.{q('id')} "
         f"INNER JOIN {e} e ON d.{q('event_id')} = e.{q('id')} "
-        f"WHERE d.{q('next_attempt_at')} <= %s AND d.{q('status')} = %s "
+        f"WHERE d.{q('next_attempt_at')} <= %s AND d.{q('status')} = '{pending}' "
         f"AND NOT (d.{q('endpoint_id')} IN "
         f"(SELECT p.{q('id')} FROM {ep} p WHERE p.{q('paused_until')} > %s)) "
         f"AND NOT (d.{q('event_type')} = %s){exclude} "
@@ -84,7 +100,7 @@ def _due_sql(conn, excluded: int, pg: bool) -> str:
 def due_params(conn, now, excluded: list[int], limit: int, test_event: str) -> list:
     when = Delivery._meta.get_field("next_attempt_at").get_db_prep_value(now, conn)
     ids: list = [excluded] if conn.vendor == "postgresql" else list(excluded)
-    return [when, Delivery.Status.PENDING, when, test_event, *ids, limit]
+    return [when, when, test_event, *ids, limit]
 
 
 def lease_sql(conn, n: int) -> str:
