@@ -488,6 +488,89 @@ def test_the_claim_walks_the_due_index_in_due_order_on_sqlite(make_endpoint, rec
         assert "TEMP B-TREE" not in plan, plan
 
 
+def test_record_numbers_attempts_by_the_database_not_a_stale_object(make_endpoint, receiver):
+    """Counters come from the row (another worker recorded attempts since this object was
+    loaded): the attempt is numbered after the database's count, on both databases, and
+    the object takes the database's counters. A chunk of connection errors (every status
+    NULL) is recorded too."""
+    make_endpoint(receiver.url())
+    emit("user.created", {})
+    emit("user.created", {})
+    token, rows = engine.claim(10)
+    Delivery.objects.filter(pk__in=[d.pk for d in rows]).update(attempts=5, sequence_attempts=2)
+    now = timezone.now()
+    outcomes = [
+        engine.Outcome(d, engine.transport.Response(None, 0, error="refused: nope"), now)
+        for d in rows
+    ]
+    assert [o.delivery.pk for o in engine.record(token, outcomes)] == [d.pk for d in rows]
+    assert sorted(DeliveryAttempt.objects.values_list("number", "status_code")) == [
+        (6, None),
+        (6, None),
+    ]
+    assert {(d.attempts, d.sequence_attempts) for d in rows} == {(6, 3)}
+    assert {(d.attempts, d.sequence_attempts, d.last_status_code) for d in
+            Delivery.objects.all()} == {(6, 3, None)}
+
+
+@pytest.mark.skipif(
+    connection.vendor == "sqlite", reason="SQLite: one write lock, which the site's holds"
+)
+def test_an_endpoint_row_held_by_a_site_transaction_does_not_hold_up_outcomes(
+    make_endpoint, receiver
+):
+    """A site's transaction holds the endpoint row (an admin save, a test send under
+    ATOMIC_REQUESTS) while a worker records a success for it: the outcome is committed
+    at once; only the end of the endpoint's run of failures waits for the row."""
+    import threading
+
+    from django.db import connections
+
+    endpoint, _ = make_endpoint(receiver.url())
+    Endpoint.objects.filter(pk=endpoint.pk).update(consecutive_failures=2)
+    emit("user.created", {})
+    token, rows = engine.claim(10)
+    holding, release = threading.Event(), threading.Event()
+
+    def site():
+        try:
+            with transaction.atomic():
+                Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+                holding.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    t = threading.Thread(target=site)
+    t.start()
+    assert holding.wait(10)
+    outcome = engine.Outcome(rows[0], engine.transport.Response(200, 3), timezone.now())
+    recorder = threading.Thread(
+        target=lambda: (engine.record(token, [outcome]), connections.close_all())
+    )
+    recorder.start()
+    try:
+        deadline = time.monotonic() + 5
+        while Delivery.objects.get(pk=rows[0].pk).status != "succeeded":
+            assert time.monotonic() < deadline, "the outcome waited for the endpoint row"
+            time.sleep(0.05)
+        assert DeliveryAttempt.objects.filter(delivery_id=rows[0].pk, succeeded=True).exists()
+    finally:
+        release.set()
+        t.join(10)
+        recorder.join(10)
+    assert Endpoint.objects.get(pk=endpoint.pk).consecutive_failures == 0
+
+
+def test_an_unsupported_database_is_a_system_check_error(monkeypatch):
+    from webhooks_app import checks
+
+    assert checks.check_database() == []
+    monkeypatch.setattr(connection, "vendor", "mysql")
+    (problem,) = checks.check_database()
+    assert problem.id == "webhooks_app.E022" and "mysql" in problem.msg
+
+
 def test_claim_never_hands_out_a_leased_row_twice(make_endpoint, receiver):
     make_endpoint(receiver.url())
     for _ in range(5):

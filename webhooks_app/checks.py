@@ -199,3 +199,24 @@ def check_operations(app_configs=None, **kwargs):
         except (ImproperlyConfigured, ValueError, TypeError) as exc:
             problems.append(Error(str(exc), hint=hint, id=check_id))
     return problems
+
+
+@register(Tags.compatibility)
+def check_database(app_configs=None, **kwargs):
+    """The engine's claim and record are SQL written for SQLite and PostgreSQL (reading
+    the vendor opens no connection)."""
+    from django.db import connections, router
+
+    from .models import Delivery
+
+    db = router.db_for_write(Delivery)
+    vendor = connections[db].vendor
+    if vendor in ("sqlite", "postgresql"):
+        return []
+    return [
+        Error(
+            f"webhooks_app supports SQLite and PostgreSQL; database {db!r} is {vendor}.",
+            hint="Route webhooks_app's models to a SQLite or PostgreSQL database.",
+            id="webhooks_app.E022",
+        )
+    ]

@@ -672,12 +672,13 @@ def _write_outcomes(db: str, token: str, states: list) -> list[Outcome]:
         else:
             logger.warning("delivery %s: lease lost, outcome not recorded", outcome.delivery.id)
     _leases.forget(token, [o.delivery.id for o, _ in states])
-    # Only once committed: a retried write must not count an attempt twice.
+    # Only once committed (a retried write must not count an attempt twice), and the
+    # counters as the database has them now.
     for outcome, state in states:
-        if outcome.delivery.id in owned:
+        counters = owned.get(outcome.delivery.id)
+        if counters is not None:
             d = outcome.delivery
-            d.attempts += 1
-            d.sequence_attempts += 1
+            d.attempts, d.sequence_attempts = counters
             for name, value in state.items():
                 setattr(d, name, value)
     return recorded
@@ -697,7 +698,9 @@ def _attempt_values(outcome: Outcome, conn) -> list:
     ]
 
 
-def _write_outcomes_pg(conn, db: str, token: str, states: list, names: tuple) -> set[int]:
+def _write_outcomes_pg(
+    conn, db: str, token: str, states: list, names: tuple
+) -> dict[int, tuple[int, int]]:
     """PostgreSQL: ``statements.record_sql``, one statement and one round trip (no
     BEGIN or COMMIT of its own), with one array per column: its text and its 15
     parameters are the same for every chunk, so psycopg parses it once (a VALUES list
@@ -717,13 +720,17 @@ def _write_outcomes_pg(conn, db: str, token: str, states: list, names: tuple) ->
                 cursor.execute(sql, [*columns, token])
         else:
             cursor.execute(sql, [*columns, token])
-        return {row[0] for row in cursor.fetchall()}
+        return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
 
 
-def _write_outcomes_in_steps(conn, db: str, token: str, states: list) -> set[int]:
-    """One transaction of three statements whatever the chunk's size: the rows ``token``
-    still owns (locked), their new state (one UPDATE executed for every row, prepared
-    once), and the attempts (one multi-row INSERT)."""
+def _write_outcomes_in_steps(
+    conn, db: str, token: str, states: list
+) -> dict[int, tuple[int, int]]:
+    """One transaction of a few statements whatever the chunk's size: the rows ``token``
+    still owns (locked) and their counters, their new state (one UPDATE executed for
+    every row, prepared once), the attempts (one multi-row INSERT), and for a success
+    the endpoint's run of failures ended (in this transaction: on SQLite a second one
+    would take the write lock again)."""
     q = conn.ops.quote_name
     table = q(Delivery._meta.db_table)
     ids = [o.delivery.id for o, _ in states]
@@ -734,11 +741,11 @@ def _write_outcomes_in_steps(conn, db: str, token: str, states: list) -> set[int
     with _writing(db), transaction.atomic(using=db), conn.cursor() as cursor:
         lock = " FOR UPDATE" if conn.features.has_select_for_update else ""
         cursor.execute(
-            f"SELECT id FROM {table} WHERE id IN ({', '.join(['%s'] * len(ids))}) "
-            f"AND claim_token = %s{lock}",
+            f"SELECT id, {q('attempts')}, {q('sequence_attempts')} FROM {table} "
+            f"WHERE id IN ({', '.join(['%s'] * len(ids))}) AND claim_token = %s{lock}",
             [*ids, token],
         )
-        owned = {row[0] for row in cursor.fetchall()}
+        owned = {row[0]: (row[1] + 1, row[2] + 1) for row in cursor.fetchall()}
         for names, items in by_columns.items():
             rows = [
                 [fields[n].get_db_prep_save(state[n], conn) for n in names] + [o.delivery.id, token]
@@ -757,7 +764,7 @@ def _write_outcomes_in_steps(conn, db: str, token: str, states: list) -> set[int
         for outcome, _state in states:
             d = outcome.delivery
             if d.id in owned:
-                values += [d.id, d.attempts + 1, *_attempt_values(outcome, conn)]
+                values += [d.id, owned[d.id][0], *_attempt_values(outcome, conn)]
         if values:
             names = ("delivery_id", "number", *statements.ATTEMPT_COLUMNS)
             row = "(" + ", ".join(["%s"] * len(names)) + ")"
@@ -771,10 +778,7 @@ def _write_outcomes_in_steps(conn, db: str, token: str, states: list) -> set[int
             {o.delivery.endpoint_id for o, _ in states if o.delivery.id in owned and o.response.ok}
         )
         if succeeded:
-            # In this transaction: on SQLite a second one would take the write lock again.
-            cursor.execute(
-                statements.reset_failures_sql(conn, ", ".join(["%s"] * len(succeeded))), succeeded
-            )
+            cursor.execute(statements.reset_failures_sql(conn, len(succeeded)), succeeded)
     return owned
 
 
@@ -821,7 +825,14 @@ def _after_record(recorded: list[Outcome]) -> None:
         if any(o.response.status_code == 410 for o in outcomes):
             disable_endpoint(endpoint, "The endpoint answered 410 Gone.")
         if any(o.response.ok for o in outcomes):
-            endpoint.consecutive_failures = 0  # as _write_outcomes wrote it
+            conn = connections[_db()]
+            if conn.vendor == "postgresql":
+                # Apart from the outcomes, which are committed already: an endpoint row
+                # held by a site's transaction must not hold them up. (On SQLite
+                # _write_outcomes did this in its transaction.)
+                with conn.cursor() as cursor:
+                    cursor.execute(statements.reset_failures_sql(conn, 1), [endpoint_id])
+            endpoint.consecutive_failures = 0
         _count_for_breaker(endpoint, outcomes)
         if finals:
             Endpoint.objects.filter(id=endpoint_id).update(

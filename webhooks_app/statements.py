@@ -10,7 +10,8 @@ backend's and fields' own converters, as the ORM's iterator does.
 PostgreSQL gets single statements with array parameters (``= ANY(%s)``, ``unnest``): a
 constant text with few parameters, which psycopg parses once (it caches statements of
 at most 50 parameters and 4 KiB), and no round trip more than needed. SQLite (no
-round trips to save) gets plain ``IN`` lists.
+round trips to save) gets plain ``IN`` lists. Other databases are not supported (system
+check ``webhooks_app.E022``).
 """
 
 from __future__ import annotations
@@ -180,19 +181,23 @@ def loaded_rows(conn, rows: list[tuple]) -> list[Delivery]:
 
 def _converters(conn, fields: list) -> list:
     """(column index, expression, converters) of the columns that have converters, as
-    ``SQLCompiler.get_converters`` finds them (backend's first, then the field's)."""
-    key = (conn.alias, "converters", tuple((m, f.name) for m, f in fields))
+    ``SQLCompiler.get_converters`` finds them (backend's first, then the field's). Which
+    columns have them is cached; the converters are the caller's connection's own (a
+    backend's converters are bound to its thread's connection, e.g. its time zone)."""
+    key = (conn.alias, "converted", tuple((m, f.name) for m, f in fields))
 
     def build():
         out = []
         for i, (model, field) in enumerate(fields):
             col = field.get_col(model._meta.db_table)
-            functions = conn.ops.get_db_converters(col) + col.get_db_converters(conn)
-            if functions:
-                out.append((i, col, functions))
+            if conn.ops.get_db_converters(col) + col.get_db_converters(conn):
+                out.append((i, col))
         return out
 
-    return _cached(key, build)
+    return [
+        (i, col, conn.ops.get_db_converters(col) + col.get_db_converters(conn))
+        for i, col in _cached(key, build)
+    ]
 
 
 # The record --------------------------------------------------------------------------
@@ -214,10 +219,21 @@ def record_sql(conn, names: tuple) -> str:
     still carrying the token: it locks each row and re-checks the token after waiting
     for a concurrent writer, as a ``SELECT … FOR UPDATE`` would. The attempts are
     inserted for exactly the rows it updated (joined to its ``RETURNING``), numbered by
-    the row's counter after the UPDATE; the endpoints with a success get their run of
-    failures reset (``reset_failures_sql``). Returns the recorded delivery ids.
+    the row's counter after the UPDATE. Returns (id, attempts, sequence_attempts) of the
+    recorded rows, as the database now has them.
+
+    It locks nothing but these deliveries: the endpoint's bookkeeping (``reset_failures_sql``)
+    comes after, on its own, so an endpoint row that a site's transaction holds (an admin
+    save, a test send inside ``ATOMIC_REQUESTS``) never holds up the outcomes.
     """
     return _cached((conn.alias, "record", names), lambda: _record_sql(conn, names))
+
+
+def _array_type(conn, field) -> str:
+    # Text, not varchar(n): a cast to varchar(n) would cut a longer value silently, where
+    # the column itself refuses it.
+    db_type = field.cast_db_type(conn)
+    return "text" if db_type.startswith("varchar") else db_type
 
 
 def _record_sql(conn, names: tuple) -> str:
@@ -229,33 +245,40 @@ def _record_sql(conn, names: tuple) -> str:
         *((d_fields[n].column, d_fields[n]) for n in names),
         *((f"a_{c}", a_fields[c]) for c in ATTEMPT_COLUMNS),
     ]
-    arrays = ", ".join(f"%s::{f.cast_db_type(conn)}[]" for _, f in columns)
+    arrays = ", ".join(f"%s::{_array_type(conn, f)}[]" for _, f in columns)
     sets = ", ".join(f"{q(d_fields[n].column)} = v.{q(d_fields[n].column)}" for n in names)
     attempts, sequence = q("attempts"), q("sequence_attempts")
     inserted = ", ".join(q(c) for c in ("delivery_id", "number", *ATTEMPT_COLUMNS))
     selected = ", ".join(["v.id", f"u.{attempts}", *(f"v.{q('a_' + c)}" for c in ATTEMPT_COLUMNS)])
-    succeeded = f"SELECT {q('endpoint_id')} FROM u WHERE {q('a_succeeded')}"
     return (
         f"WITH v AS (SELECT * FROM unnest({arrays}) AS v ({', '.join(q(c) for c, _ in columns)})), "
         f"u AS (UPDATE {q(Delivery._meta.db_table)} AS d SET {attempts} = d.{attempts} + 1, "
         f"{sequence} = d.{sequence} + 1, {sets} FROM v "
         f"WHERE d.{q('id')} = v.{q('id')} AND d.{q('claim_token')} = %s "
-        f"RETURNING d.{q('id')}, d.{attempts}, d.{q('endpoint_id')}, v.{q('a_succeeded')}), "
+        f"RETURNING d.{q('id')}, d.{attempts}, d.{sequence}), "
         f"i AS (INSERT INTO {q(DeliveryAttempt._meta.db_table)} ({inserted}) "
         f"SELECT {selected} FROM v JOIN u ON u.{q('id')} = v.{q('id')} "
-        f"RETURNING {q('delivery_id')}), "
-        f"e AS ({reset_failures_sql(conn, succeeded)}) "
-        f"SELECT {q('delivery_id')} FROM i"
+        f"RETURNING {q('delivery_id')}) "
+        f"SELECT u.{q('id')}, u.{attempts}, u.{sequence} FROM u "
+        f"JOIN i ON i.{q('delivery_id')} = u.{q('id')}"
     )
 
 
-def reset_failures_sql(conn, endpoint_ids: str) -> str:
-    """An UPDATE that ends the run of failed deliveries of the endpoints ``endpoint_ids``
-    (SQL) selects, written with their outcomes: whatever the worker's (possibly stale)
-    Endpoint object says, another worker may have counted failures since it was loaded."""
+def reset_failures_sql(conn, endpoints: int) -> str:
+    """An UPDATE that ends the run of failed deliveries of ``endpoints`` endpoints (their
+    ids are the parameters), for a recorded success: whatever the worker's (possibly
+    stale) Endpoint object says, another worker may have counted failures since it was
+    loaded. A row with no run is not written (nor locked)."""
+    return _cached(
+        (conn.alias, "reset", endpoints),
+        lambda: _reset_failures_sql(conn, ", ".join(["%s"] * endpoints)),
+    )
+
+
+def _reset_failures_sql(conn, ids: str) -> str:
     q = conn.ops.quote_name
     failures = q("consecutive_failures")
     return (
         f"UPDATE {q(Endpoint._meta.db_table)} SET {failures} = 0 "
-        f"WHERE {q('id')} IN ({endpoint_ids}) AND {failures} > 0"
+        f"WHERE {q('id')} IN ({ids}) AND {failures} > 0"
     )
