@@ -220,6 +220,50 @@ def time_scrape() -> float | None:
     return (time.perf_counter() - t) * 1000
 
 
+EMITTER_NAME = "webhooks_prune_emitter"
+PRUNE_NAME = "webhooks_prune_prune"
+
+
+class WaitSampler:
+    """PostgreSQL: every 5 ms, what the emitter's and the prune's backends are waiting
+    for (``pg_stat_activity.wait_event``), on a connection of its own; so the slowest
+    emits can be told apart: a lock, the WAL (``WALWrite``, ``WALSync``), or the disk."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        from django.db import connection
+
+        params = connection.get_connection_params()
+        for name in ("cursor_factory", "context", "prepare_threshold"):
+            params.pop(name, None)
+        self.params = {**params, "autocommit": True}
+        self.samples: list[tuple[float, str, str]] = []
+        self.running = True
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(**self.params) as pg:
+            while self.running:
+                now = time.time()
+                for name, kind, event in pg.execute(
+                    "SELECT application_name, wait_event_type, wait_event FROM pg_stat_activity "
+                    "WHERE application_name IN (%s, %s) AND state = 'active' "
+                    "AND wait_event IS NOT NULL",
+                    [EMITTER_NAME, PRUNE_NAME],
+                ):
+                    self.samples.append((now, name, f"{kind}:{event}"))
+                time.sleep(0.005)
+
+    def during(self, start: float, end: float, who: str) -> str:
+        from collections import Counter
+
+        seen = Counter(e for at, name, e in self.samples if name == who and start <= at <= end)
+        return ", ".join(f"{e} ×{n}" for e, n in seen.most_common(3)) or "none sampled"
+
+
 def emitter(url: str, out: str) -> None:
     """Child process: emit every 10 ms until SIGTERM; write each emit's duration."""
     setup_django(url)
@@ -254,8 +298,16 @@ def emitter(url: str, out: str) -> None:
             gc_ms[0] += (time.perf_counter() - gc_started[0]) * 1000
 
     gc.callbacks.append(on_gc)
+    from django.db import connection
+
+    named = None
     print("ready", flush=True)
     while not stop:
+        if connection.vendor == "postgresql" and connection.connection is not named:
+            # Findable in pg_stat_activity by the wait sampler (again after a reconnect).
+            with connection.cursor() as cursor:
+                cursor.execute("SET application_name = %s", [EMITTER_NAME])
+            named = connection.connection
         gc_ms[0] = 0.0
         t = time.perf_counter()
         with transaction.atomic():
@@ -326,8 +378,14 @@ def main() -> None:
     import threading
 
     watcher = threading.Thread(target=watch_wal, daemon=True)
+    sampler = None
     if vendor == "sqlite":
         watcher.start()
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute("SET application_name = %s", [PRUNE_NAME])
+        sampler = WaitSampler(args.database_url)
+        sampler.thread.start()
     try:
         assert child.stdout.readline().strip() == b"ready"
         time.sleep(args.baseline)  # baseline: emits with nothing else running
@@ -337,6 +395,8 @@ def main() -> None:
         time.sleep(1.0)
     finally:
         watching = False
+        if sampler:
+            sampler.running = False
         child.send_signal(signal.SIGTERM)
         child.wait(30)
     times = json.loads(out.read_text())
@@ -418,6 +478,24 @@ def main() -> None:
             "",
         )
     )
+    if sampler:
+        for at, ms, _g in slowest[:3]:
+            start = at - ms / 1000
+            rows.append(
+                (
+                    f"  waits in the {ms:.0f} ms emit",
+                    sampler.during(start, at, EMITTER_NAME),
+                    f"prune meanwhile: {sampler.during(start, at, PRUNE_NAME)}",
+                )
+            )
+        rows.append(
+            (
+                "emitter's waits during prune",
+                sampler.during(prune_started, prune_ended, EMITTER_NAME),
+                f"(samples every 5 ms; prune: "
+                f"{sampler.during(prune_started, prune_ended, PRUNE_NAME)})",
+            )
+        )
     width = max(len(r[0]) for r in rows)
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:<24} {note}")
