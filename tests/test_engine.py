@@ -571,6 +571,23 @@ def test_an_unsupported_database_is_a_system_check_error(monkeypatch):
     assert problem.id == "webhooks_app.E022" and "mysql" in problem.msg
 
 
+def test_claim_leaves_excluded_endpoints_and_sizes_rows_in_bytes(make_endpoint, receiver):
+    """The dispatcher's saturated endpoints are excluded (one or several); each row
+    carries the UTF-8 size of what it sends, the event's body or its own."""
+    endpoints = [make_endpoint(receiver.url(f"/e{k}"))[0] for k in range(3)]
+    event = emit("user.created", {"name": "Zoë ✓ 日本"})
+    for excluded in ([endpoints[0].pk], [endpoints[0].pk, endpoints[1].pk]):
+        token, rows = engine.claim(10, exclude_endpoints=excluded)
+        assert {d.endpoint_id for d in rows} == {e.pk for e in endpoints} - set(excluded)
+        engine.release(token, [d.pk for d in rows])
+    Delivery.objects.filter(endpoint=endpoints[2]).update(body="ü" * 10)
+    token, rows = engine.claim(10)
+    sizes = {d.endpoint_id: d.claim_bytes for d in rows}
+    assert sizes[endpoints[0].pk] == len(event.body.encode("utf-8")) > len(event.body)
+    assert sizes[endpoints[2].pk] == 20
+    assert all(d.event.body == event.body and d.event.public_id == event.public_id for d in rows)
+
+
 def test_claim_never_hands_out_a_leased_row_twice(make_endpoint, receiver):
     make_endpoint(receiver.url())
     for _ in range(5):

@@ -296,7 +296,15 @@ def claim(
         rows.sort(key=lambda r: position[r.id])
         # One Endpoint object per endpoint, not one per row: building it (JSON and datetime
         # columns) for every row of a claim cost as much as the rows themselves.
-        endpoints = Endpoint.objects.using(db).in_bulk({r.endpoint_id for r in rows})
+        wanted = sorted({r.endpoint_id for r in rows})
+        endpoints = {}
+        if wanted:  # (none when another worker leased every row meanwhile, on SQLite)
+            with conn.cursor() as cursor:
+                cursor.execute(
+                    statements.endpoints_sql(conn, len(wanted)),
+                    statements.endpoints_params(conn, wanted),
+                )
+                endpoints = statements.loaded_endpoints(conn, cursor.fetchall())
         rows = [r for r in rows if r.endpoint_id in endpoints]  # (an endpoint deleted meanwhile)
         for row in rows:
             row.endpoint = endpoints[row.endpoint_id]

@@ -151,6 +151,52 @@ def _leased_sql(conn, n: int) -> str:
     )
 
 
+def endpoints_sql(conn, n: int) -> str:
+    """Endpoints by id, every column. Parameters: the ids (PostgreSQL: one list; SQLite:
+    one each, ``n`` of them). Their rows become objects through ``loaded_endpoints``."""
+    pg = conn.vendor == "postgresql"
+    return _cached((conn.alias, "endpoints", -1 if pg else n), lambda: _endpoints_sql(conn, n, pg))
+
+
+def _endpoints_sql(conn, n: int, pg: bool) -> str:
+    q = conn.ops.quote_name
+    ids = f"= ANY(%s::{Endpoint._meta.pk.cast_db_type(conn)}[])" if pg else (
+        f"IN ({', '.join(['%s'] * n)})"
+    )
+    return (
+        f"SELECT {', '.join(_columns(conn, Endpoint, 'ep'))} "
+        f"FROM {q(Endpoint._meta.db_table)} ep WHERE ep.{q('id')} {ids}"
+    )
+
+
+def endpoints_params(conn, ids: list[int]) -> list:
+    return [ids] if conn.vendor == "postgresql" else list(ids)
+
+
+def loaded_endpoints(conn, rows: list[tuple]) -> dict[int, Endpoint]:
+    """``{id: Endpoint}`` from rows of ``endpoints_sql``, as ``in_bulk()`` builds them."""
+    fields = list(Endpoint._meta.concrete_fields)
+    names = [f.attname for f in fields]
+    converters = _converters(conn, [(Endpoint, f) for f in fields])
+    out = {}
+    for row in rows:
+        endpoint = Endpoint.from_db(conn.alias, names, _converted(conn, converters, row))
+        out[endpoint.pk] = endpoint
+    return out
+
+
+def _converted(conn, converters: list, row: tuple) -> tuple | list:
+    if not converters:
+        return row
+    row = list(row)
+    for i, expression, functions in converters:
+        value = row[i]
+        for convert in functions:
+            value = convert(value, expression, conn)
+        row[i] = value
+    return row
+
+
 def loaded_rows(conn, rows: list[tuple]) -> list[Delivery]:
     """Deliveries (with their event, its ``data`` deferred) from rows of ``lease_sql``
     or ``leased_sql``, as ``select_related("event").defer("event__data")`` builds them."""
@@ -166,13 +212,7 @@ def loaded_rows(conn, rows: list[tuple]) -> list[Delivery]:
     cache_event = Delivery._meta.get_field("event").set_cached_value
     out = []
     for row in rows:
-        if converters:
-            row = list(row)
-            for i, expression, functions in converters:
-                value = row[i]
-                for convert in functions:
-                    value = convert(value, expression, conn)
-                row[i] = value
+        row = _converted(conn, converters, row)
         delivery = Delivery.from_db(db, d_names, row[:cut])
         cache_event(delivery, Event.from_db(db, e_names, row[cut:]))
         out.append(delivery)
