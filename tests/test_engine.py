@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import time
+from contextlib import contextmanager
 from datetime import UTC, timedelta
 from urllib.parse import parse_qsl
 
@@ -29,6 +30,35 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def webhooks(**changes):
     return override_settings(WEBHOOKS_APP={**settings.WEBHOOKS_APP, **changes})
+
+
+@contextmanager
+def held_in_another_transaction(take):
+    """``take()`` (row locks, writes) in a transaction of another thread, left open
+    until the block ends: what a concurrent worker or a site's request holds."""
+    import threading
+
+    from django.db import connections
+
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        try:
+            with transaction.atomic():
+                take()
+                holding.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert holding.wait(10)
+        yield
+    finally:
+        release.set()
+        t.join(10)
 
 
 def drain_until(predicate, timeout=10.0):
@@ -440,29 +470,16 @@ def test_record_waits_for_a_worker_that_is_taking_the_row_and_then_leaves_it(
     outcomes = [
         engine.Outcome(d, engine.transport.Response(200, 3), now) for d in (mine, taken)
     ]
-    holding, release = threading.Event(), threading.Event()
-
-    def other_worker():
-        try:
-            with transaction.atomic():
-                Delivery.objects.filter(pk=taken.pk).update(claim_token="other-worker")
-                holding.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
-
-    t = threading.Thread(target=other_worker)
-    t.start()
-    assert holding.wait(10)
     result = []
     recorder = threading.Thread(
         target=lambda: (result.extend(engine.record(token, outcomes)), connections.close_all())
     )
-    recorder.start()
-    recorder.join(0.5)
-    assert recorder.is_alive()  # waiting for the other worker's lock
-    release.set()
-    t.join(10)
+    with held_in_another_transaction(
+        lambda: Delivery.objects.filter(pk=taken.pk).update(claim_token="other-worker")
+    ):
+        recorder.start()
+        recorder.join(0.5)
+        assert recorder.is_alive()  # waiting for the other worker's lock
     recorder.join(10)
     assert [o.delivery.pk for o in result] == [mine.pk]
     assert Delivery.objects.get(pk=taken.pk).claim_token == "other-worker"
@@ -530,35 +547,20 @@ def test_an_endpoint_row_held_by_a_site_transaction_does_not_hold_up_outcomes(
     Endpoint.objects.filter(pk=endpoint.pk).update(consecutive_failures=2)
     emit("user.created", {})
     token, rows = engine.claim(10)
-    holding, release = threading.Event(), threading.Event()
-
-    def site():
-        try:
-            with transaction.atomic():
-                Endpoint.objects.select_for_update().get(pk=endpoint.pk)
-                holding.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
-
-    t = threading.Thread(target=site)
-    t.start()
-    assert holding.wait(10)
     outcome = engine.Outcome(rows[0], engine.transport.Response(200, 3), timezone.now())
     recorder = threading.Thread(
         target=lambda: (engine.record(token, [outcome]), connections.close_all())
     )
-    recorder.start()
-    try:
+    with held_in_another_transaction(
+        lambda: Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+    ):
+        recorder.start()
         deadline = time.monotonic() + 5
         while Delivery.objects.get(pk=rows[0].pk).status != "succeeded":
             assert time.monotonic() < deadline, "the outcome waited for the endpoint row"
             time.sleep(0.05)
         assert DeliveryAttempt.objects.filter(delivery_id=rows[0].pk, succeeded=True).exists()
-    finally:
-        release.set()
-        t.join(10)
-        recorder.join(10)
+    recorder.join(10)
     assert Endpoint.objects.get(pk=endpoint.pk).consecutive_failures == 0
 
 

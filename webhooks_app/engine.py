@@ -265,7 +265,10 @@ def claim(
             ids, slots = _admit(db, candidates, now, lease_until, lock=True)
             if ids:
                 # Only rows this transaction holds (candidates), so nothing waits here.
-                cursor.execute(statements.lease_sql(conn, len(ids)), [leased, token, ids])
+                cursor.execute(
+                    statements.lease_sql(conn, len(ids)),
+                    [leased, token, *statements.id_params(conn, ids)],
+                )
                 rows = statements.loaded_rows(conn, cursor.fetchall())
     else:
         # SQLite: a read first (cheap, never blocks under WAL), then one guarded UPDATE;
@@ -281,14 +284,18 @@ def claim(
                 if ids:
                     pending, when = Delivery.Status.PENDING, due_params[0]
                     cursor.execute(
-                        statements.lease_sql(conn, len(ids)), [leased, token, *ids, pending, when]
+                        statements.lease_sql(conn, len(ids)),
+                        [leased, token, *statements.id_params(conn, ids), pending, when],
                     )
     if not ids:
         return token, []
     try:
         if conn.vendor != "postgresql":
             with conn.cursor() as cursor:
-                cursor.execute(statements.leased_sql(conn, len(ids)), [*ids, token])
+                cursor.execute(
+                    statements.leased_sql(conn, len(ids)),
+                    [*statements.id_params(conn, ids), token],
+                )
                 rows = statements.loaded_rows(conn, cursor.fetchall())
         # In the order they were due (the lease overwrote their due times), ordered
         # endpoints' runs in emit order: each endpoint's chunk is sent in this order.
@@ -302,7 +309,7 @@ def claim(
             with conn.cursor() as cursor:
                 cursor.execute(
                     statements.endpoints_sql(conn, len(wanted)),
-                    statements.endpoints_params(conn, wanted),
+                    statements.id_params(conn, wanted),
                 )
                 endpoints = statements.loaded_endpoints(conn, cursor.fetchall())
         rows = [r for r in rows if r.endpoint_id in endpoints]  # (an endpoint deleted meanwhile)

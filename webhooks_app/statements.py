@@ -40,6 +40,29 @@ def _columns(conn, model: type[Model], alias: str, skip: Sequence[str] = ()) -> 
     ]
 
 
+def _id_in(conn, column: str, model: type[Model], n: int) -> str:
+    """``column`` among a list of ids: one array parameter on PostgreSQL (a constant
+    text), ``n`` parameters on SQLite (see ``id_params``)."""
+    if conn.vendor == "postgresql":
+        return f"{column} = ANY(%s::{model._meta.pk.cast_db_type(conn)}[])"
+    return f"{column} IN ({', '.join(['%s'] * n)})"
+
+
+def id_params(conn, ids: Sequence[int]) -> list:
+    """The parameters of an ``_id_in`` list."""
+    return [list(ids)] if conn.vendor == "postgresql" else list(ids)
+
+
+def _shape(conn, n: int) -> int:
+    """Cache key part of a statement with an id list: its length matters on SQLite only."""
+    return -1 if conn.vendor == "postgresql" else n
+
+
+def _row_columns(conn) -> list:
+    """A claimed row's columns: the delivery's, then its event's without ``data``."""
+    return _columns(conn, Delivery, "d") + _columns(conn, Event, "e", skip=("data",))
+
+
 # The claim ---------------------------------------------------------------------------
 # The partial index of due rows (``status = 'pending'``), which the claim must walk in
 # due order: a walk of every pending row, sorted, costs in proportion to the backlog.
@@ -63,24 +86,23 @@ def due_sql(conn, excluded: int) -> str:
     """
     pg = conn.vendor == "postgresql"
     return _cached(
-        (conn.alias, "due", -1 if pg else excluded), lambda: _due_sql(conn, excluded, pg)
+        (conn.alias, "due", _shape(conn, excluded)), lambda: _due_sql(conn, excluded, pg)
     )
 
 
 def _due_sql(conn, excluded: int, pg: bool) -> str:
     q = conn.ops.quote_name
     d, e, ep = q(Delivery._meta.db_table), q(Event._meta.db_table), q(Endpoint._meta.db_table)
+    endpoint = f"d.{q('endpoint_id')}"
+    exclude = f" AND NOT ({_id_in(conn, endpoint, Endpoint, excluded)})"
     if pg:
         size = f"COALESCE(OCTET_LENGTH(d.{q('body')}), OCTET_LENGTH(e.{q('body')}))"
-        key_type = Endpoint._meta.pk.cast_db_type(conn)
-        exclude = f" AND NOT (d.{q('endpoint_id')} = ANY(%s::{key_type}[]))"
         lock = " FOR UPDATE OF d SKIP LOCKED"
     else:
         size = (
             f"COALESCE(LENGTH(CAST(d.{q('body')} AS BLOB)), LENGTH(CAST(e.{q('body')} AS BLOB)))"
         )
-        ids = ", ".join(["%s"] * excluded)
-        exclude = f" AND NOT (d.{q('endpoint_id')} IN ({ids}))" if excluded else ""
+        exclude = exclude if excluded else ""
         lock = ""
     index = "" if pg else f" INDEXED BY {q(DUE_INDEX)}"
     pending = Delivery.Status.PENDING.value
@@ -100,8 +122,7 @@ def _due_sql(conn, excluded: int, pg: bool) -> str:
 
 def due_params(conn, now, excluded: list[int], limit: int, test_event: str) -> list:
     when = Delivery._meta.get_field("next_attempt_at").get_db_prep_value(now, conn)
-    ids: list = [excluded] if conn.vendor == "postgresql" else list(excluded)
-    return [when, when, test_event, *ids, limit]
+    return [when, when, test_event, *id_params(conn, excluded), limit]
 
 
 def lease_sql(conn, n: int) -> str:
@@ -110,7 +131,7 @@ def lease_sql(conn, n: int) -> str:
     (``loaded_rows``). SQLite: lease end, token, the ``n`` ids, pending, now: only rows
     still pending and due (another worker may have leased them since the read)."""
     pg = conn.vendor == "postgresql"
-    return _cached((conn.alias, "lease", -1 if pg else n), lambda: _lease_sql(conn, n, pg))
+    return _cached((conn.alias, "lease", _shape(conn, n)), lambda: _lease_sql(conn, n, pg))
 
 
 def _lease_sql(conn, n: int, pg: bool) -> str:
@@ -118,17 +139,14 @@ def _lease_sql(conn, n: int, pg: bool) -> str:
     d, e = q(Delivery._meta.db_table), q(Event._meta.db_table)
     sets = f"{q('next_attempt_at')} = %s, {q('claim_token')} = %s"
     if pg:
-        returned = ", ".join(
-            _columns(conn, Delivery, "d") + _columns(conn, Event, "e", skip=("data",))
-        )
         return (
             f"UPDATE {d} AS d SET {sets} FROM {e} AS e "
-            f"WHERE d.{q('id')} = ANY(%s::{Delivery._meta.pk.cast_db_type(conn)}[]) "
+            f"WHERE {_id_in(conn, 'd.' + q('id'), Delivery, n)} "
             f"AND e.{q('id')} = d.{q('event_id')} "
-            f"RETURNING {returned}"
+            f"RETURNING {', '.join(_row_columns(conn))}"
         )
     return (
-        f"UPDATE {d} SET {sets} WHERE {q('id')} IN ({', '.join(['%s'] * n)}) "
+        f"UPDATE {d} SET {sets} WHERE {_id_in(conn, q('id'), Delivery, n)} "
         f"AND {q('status')} = %s AND {q('next_attempt_at')} <= %s"
     )
 
@@ -142,35 +160,27 @@ def leased_sql(conn, n: int) -> str:
 def _leased_sql(conn, n: int) -> str:
     q = conn.ops.quote_name
     d, e = q(Delivery._meta.db_table), q(Event._meta.db_table)
-    selected = ", ".join(
-        _columns(conn, Delivery, "d") + _columns(conn, Event, "e", skip=("data",))
-    )
     return (
-        f"SELECT {selected} FROM {d} d INNER JOIN {e} e ON d.{q('event_id')} = e.{q('id')} "
-        f"WHERE d.{q('id')} IN ({', '.join(['%s'] * n)}) AND d.{q('claim_token')} = %s"
+        f"SELECT {', '.join(_row_columns(conn))} FROM {d} d "
+        f"INNER JOIN {e} e ON d.{q('event_id')} = e.{q('id')} "
+        f"WHERE {_id_in(conn, 'd.' + q('id'), Delivery, n)} "
+        f"AND d.{q('claim_token')} = %s"
     )
 
 
 def endpoints_sql(conn, n: int) -> str:
     """Endpoints by id, every column. Parameters: the ids (PostgreSQL: one list; SQLite:
     one each, ``n`` of them). Their rows become objects through ``loaded_endpoints``."""
-    pg = conn.vendor == "postgresql"
-    return _cached((conn.alias, "endpoints", -1 if pg else n), lambda: _endpoints_sql(conn, n, pg))
+    return _cached((conn.alias, "endpoints", _shape(conn, n)), lambda: _endpoints_sql(conn, n))
 
 
-def _endpoints_sql(conn, n: int, pg: bool) -> str:
+def _endpoints_sql(conn, n: int) -> str:
     q = conn.ops.quote_name
-    ids = f"= ANY(%s::{Endpoint._meta.pk.cast_db_type(conn)}[])" if pg else (
-        f"IN ({', '.join(['%s'] * n)})"
-    )
     return (
         f"SELECT {', '.join(_columns(conn, Endpoint, 'ep'))} "
-        f"FROM {q(Endpoint._meta.db_table)} ep WHERE ep.{q('id')} {ids}"
+        f"FROM {q(Endpoint._meta.db_table)} ep "
+        f"WHERE {_id_in(conn, 'ep.' + q('id'), Endpoint, n)}"
     )
-
-
-def endpoints_params(conn, ids: list[int]) -> list:
-    return [ids] if conn.vendor == "postgresql" else list(ids)
 
 
 def loaded_endpoints(conn, rows: list[tuple]) -> dict[int, Endpoint]:
