@@ -314,8 +314,10 @@ class Subscription(RoutingWrites):
 
 
 class Event(models.Model):
+    # (Migration 0013 dropped the LIKE-only copy of its unique index that PostgreSQL got.)
     public_id = models.CharField(max_length=40, unique=True, default=new_event_id, editable=False)
-    tenant = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    # No index of its own: the composite indexes below start with it.
+    tenant = models.CharField(max_length=100, blank=True, default="")
     event_type = models.CharField(max_length=100)
     data = models.JSONField(default=dict)
     # The exact body bytes (UTF-8) of the standard envelope, fixed at emit time so that
@@ -369,9 +371,15 @@ class Delivery(models.Model):
         SUCCEEDED = "succeeded", _("Success")
         FAILED = "failed", _("Failed")
 
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    # No single-column index on either key: webhooks_delivery_unique starts with the
+    # event, webhooks_dlv_endpoint with the endpoint (cascades and joins use those).
+    event = models.ForeignKey(
+        Event, on_delete=models.CASCADE, related_name="deliveries", db_index=False
+    )
     # Deleting an endpoint deletes its deliveries and their attempts (documented).
-    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="deliveries")
+    endpoint = models.ForeignKey(
+        Endpoint, on_delete=models.CASCADE, related_name="deliveries", db_index=False
+    )
     tenant = models.CharField(max_length=100, blank=True, default="")
     event_type = models.CharField(max_length=100)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
@@ -444,7 +452,10 @@ class Delivery(models.Model):
 
 
 class DeliveryAttempt(models.Model):
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_log")
+    # Indexed by webhooks_attempt_unique, which starts with it.
+    delivery = models.ForeignKey(
+        Delivery, on_delete=models.CASCADE, related_name="attempt_log", db_index=False
+    )
     number = models.PositiveIntegerField()
     started_at = models.DateTimeField()
     duration_ms = models.PositiveIntegerField(default=0)
