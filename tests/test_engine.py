@@ -951,3 +951,52 @@ def test_a_failing_signal_receiver_loses_nothing(receiver, make_endpoint):
     finally:
         signals.delivery_succeeded.disconnect(dispatch_uid="t-broken")
     assert {d.status for d in Delivery.objects.filter(event__in=events)} == {"succeeded"}
+
+
+@pytest.mark.django_db
+def test_claims_endpoint_objects_equal_what_the_orm_builds(receiver):
+    """statements.loaded_endpoints() (the claim's endpoint loader) builds, field for
+    field, what ``in_bulk()`` builds: datetimes (aware, exact microseconds), JSON,
+    non-ASCII text, NULLs and the rotated secret's expiry included."""
+    from webhooks_app import statements
+
+    plain, _ = services.create_endpoint(url=receiver.url("/plain"), events=["user.created"])
+    busy, _ = services.create_endpoint(
+        url=receiver.url("/busy"),
+        events=["user.created"],
+        tenant="tenant-ü",
+        name="Zürich ☃ endpoint",
+        headers={"X-Trace": "naïve value"},
+        payload_fields=["id", "email"],
+        payload_extra={"source": "€ shop", "nested": {"k": [1, 2.5, None]}},
+        payload_filter={"data.id": {"$gt": 3}},
+        rate_limit=7,
+        ordered=True,
+    )
+    services.rotate_secret(busy)
+    now = timezone.now().replace(microsecond=123456)
+    Endpoint.objects.filter(pk=busy.pk).update(
+        breaker_state=Endpoint.BreakerState.OPEN,
+        breaker_failures=4,
+        breaker_opened_at=now,
+        paused_until=now + timedelta(seconds=30),
+        next_slot_at=now + timedelta(milliseconds=1),
+        notice_last_error="last error: \u00e9\u4e2d",
+        consecutive_failures=2,
+    )
+    ids = [plain.pk, busy.pk]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            statements.endpoints_sql(connection, len(ids)),
+            statements.id_params(connection, ids),
+        )
+        loaded = statements.loaded_endpoints(connection, cursor.fetchall())
+    expected = Endpoint.objects.in_bulk(ids)
+    assert sorted(loaded) == sorted(expected)
+    for pk in ids:
+        for f in Endpoint._meta.concrete_fields:
+            got, want = getattr(loaded[pk], f.attname), getattr(expected[pk], f.attname)
+            assert got == want and type(got) is type(want), (pk, f.attname, got, want)
+        assert loaded[pk]._state.db == expected[pk]._state.db and not loaded[pk]._state.adding
+    assert loaded[busy.pk].paused_until == now + timedelta(seconds=30)
+    assert loaded[busy.pk].signing_secrets() == expected[busy.pk].signing_secrets()
