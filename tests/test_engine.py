@@ -1000,3 +1000,46 @@ def test_claims_endpoint_objects_equal_what_the_orm_builds(receiver):
         assert loaded[pk]._state.db == expected[pk]._state.db and not loaded[pk]._state.adding
     assert loaded[busy.pk].paused_until == now + timedelta(seconds=30)
     assert loaded[busy.pk].signing_secrets() == expected[busy.pk].signing_secrets()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_emit_writes_the_rows_the_orm_would_write(make_endpoint):
+    """emit()'s hand-written outbox INSERT (a row template, no model object per delivery)
+    stores, column for column, what new_delivery() + the ORM's save() store: for the
+    standard envelope, custom fields, a GET endpoint and another format, with non-ASCII
+    data and a tenant."""
+    from webhooks_app import events
+
+    kinds = [
+        {},
+        {"payload_fields": ["id", "name"], "payload_extra": {"src": "ü €"}},
+        {"method": "GET"},
+        {"payload_format": "cloudevents"},
+    ]
+    for i, options in enumerate(kinds):
+        make_endpoint(f"http://127.0.0.1:9/k{i}", tenant="t-☃", **options)
+    event = emit("user.created", {"id": 7, "name": "Zoë \u4e2d"}, tenant="t-☃")
+    got = {d.endpoint_id: d for d in Delivery.objects.filter(event=event)}
+    assert len(got) == len(kinds)
+    env = json.loads(event.body)
+    due = event.created_at + timedelta(seconds=engine.app_settings.RETRY_SCHEDULE[0])
+    for endpoint in Endpoint.objects.filter(tenant="t-☃"):
+        row = got[endpoint.pk]
+        with transaction.atomic():
+            Delivery.objects.filter(pk=row.pk).delete()  # (one per event and endpoint)
+            expected = events.new_delivery(
+                endpoint, event, env, event.data, next_attempt_at=due, created_at=event.created_at
+            )
+            expected.event_id = event.pk
+            expected.save()
+            expected.refresh_from_db()
+            transaction.set_rollback(True)
+        for f in Delivery._meta.concrete_fields:
+            if f.attname in ("id", "updated_at"):
+                continue
+            assert getattr(row, f.attname) == getattr(expected, f.attname), (
+                endpoint.method,
+                endpoint.payload_format,
+                f.attname,
+            )
+        assert row.updated_at == row.created_at == event.created_at
