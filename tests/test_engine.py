@@ -1043,3 +1043,17 @@ def test_emit_writes_the_rows_the_orm_would_write(make_endpoint):
                 f.attname,
             )
         assert row.updated_at == row.created_at == event.created_at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_emit_to_more_endpoints_than_one_insert_holds(make_endpoint):
+    """A fan-out wider than one INSERT's bound variables (SQLite: 999, 55 rows) or the
+    cached statement shapes (64): every endpoint gets exactly one pending delivery."""
+    count = 70
+    for i in range(count):
+        make_endpoint(f"http://127.0.0.1:9/wide{i}", events=["user.updated"])
+    event = emit("user.updated", {"id": 1, "note": "wide ü"})
+    rows = list(Delivery.objects.filter(event=event).values_list("endpoint_id", "status"))
+    assert len(rows) == count
+    assert {e for e, _ in rows} == set(Endpoint.objects.values_list("id", flat=True))
+    assert {s for _, s in rows} == {Delivery.Status.PENDING}

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured, ValidationError
-from django.db import connections, router, transaction
+from django.db import connections, models, router, transaction
 from django.utils import timezone
 
 from . import formats, jsonenc, matching, routing
@@ -605,6 +605,8 @@ def _row(obj, conn) -> tuple[list[str], list]:
 # Delivery columns emit() sets per event (the rest of a row: per endpoint, or defaults).
 _PER_EVENT = ("tenant", "event_type", "next_attempt_at", "created_at", "updated_at")
 _PER_ENDPOINT = ("endpoint_id", "body", "content_type", "method")
+# Statement texts kept per number of deliveries (a fan-out wider than this builds its own).
+_MAX_CACHED_SHAPE = 64
 
 
 class _DeliveryRows:
@@ -625,11 +627,22 @@ class _DeliveryRows:
         for i, f in enumerate(self.fields):
             if f.attname in _PER_EVENT or f.attname in _PER_ENDPOINT or f.attname == "event_id":
                 continue
+            stamped = getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
+            if stamped or (
+                type(f).pre_save is not models.Field.pre_save
+                and not isinstance(f, models.DateField)  # (its pre_save only stamps)
+            ):
+                # Its value would come from pre_save(), which no templated row runs.
+                raise ImproperlyConfigured(f"emit() does not fill Delivery.{f.name}: add it above")
             if f.has_default() and callable(f.default):
                 self.called.append((i, f))
             else:
                 self.template[i] = f.get_db_prep_save(f.get_default(), conn)
         self.statements: dict[int, str] = {}
+        # Rows per INSERT on SQLite: its limit of bound variables (999 before 3.32) over
+        # the row's columns. (PostgreSQL has no limit here, and one statement.)
+        limit = conn.features.max_query_params or 65535
+        self.batch = max(1, limit // len(self.fields))
 
     def rows(self, conn, event, due, deliveries: list[tuple[int, dict]]) -> list[list]:
         """One list of database values per (endpoint id, delivery_form()) in
@@ -704,7 +717,9 @@ def _insert_outbox(event, deliveries: list[tuple[int, dict]], using: str | None)
         if conn.vendor == "postgresql":
             sql = plan.statements.get(n)
             if sql is None:
-                sql = plan.statements[n] = _outbox_sql_pg(conn, ev_cols, plan.columns, at, n)
+                sql = _outbox_sql_pg(conn, ev_cols, plan.columns, at, n)
+                if n <= _MAX_CACHED_SHAPE:
+                    plan.statements[n] = sql
             params = list(ev_vals)
             for vals in rows:
                 params += vals[:at]
@@ -721,8 +736,8 @@ def _insert_outbox(event, deliveries: list[tuple[int, dict]], using: str | None)
             event.pk = cursor.fetchone()[0]
             one = "(" + ", ".join(["%s"] * len(plan.columns)) + ")"
             cols_sql = ", ".join(q(c) for c in plan.columns)
-            for start in range(0, n, 500):  # SQLite's limit of bound variables
-                batch = rows[start : start + 500]
+            for start in range(0, n, plan.batch):
+                batch = rows[start : start + plan.batch]
                 params = []
                 for vals in batch:
                     vals[at] = event.pk
