@@ -793,7 +793,10 @@ def _write_outcomes_in_steps(
             {o.delivery.endpoint_id for o, _ in states if o.delivery.id in owned and o.response.ok}
         )
         if succeeded:
-            cursor.execute(statements.reset_failures_sql(conn, len(succeeded)), succeeded)
+            cursor.execute(
+                statements.reset_failures_sql(conn, len(succeeded)),
+                statements.id_params(conn, succeeded),
+            )
     return owned
 
 
@@ -846,7 +849,10 @@ def _after_record(recorded: list[Outcome]) -> None:
                 # held by a site's transaction must not hold them up. (On SQLite
                 # _write_outcomes did this in its transaction.)
                 with conn.cursor() as cursor:
-                    cursor.execute(statements.reset_failures_sql(conn, 1), [endpoint_id])
+                    cursor.execute(
+                        statements.reset_failures_sql(conn, 1),
+                        statements.id_params(conn, [endpoint_id]),
+                    )
             endpoint.consecutive_failures = 0
         _count_for_breaker(endpoint, outcomes)
         if finals:

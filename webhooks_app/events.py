@@ -427,14 +427,18 @@ def delivery_form(endpoint, env: dict, data: Any, *, test: bool = False) -> dict
 def new_delivery(endpoint, event, env: dict, data: Any, *, test: bool = False, **fields: Any):
     """An unsaved Delivery of ``event`` to ``endpoint`` with its body bytes fixed (see
     ``delivery_form``)."""
+    return _delivery(event, endpoint.id, delivery_form(endpoint, env, data, test=test), **fields)
+
+
+def _delivery(event, endpoint_id: int, form: dict[str, Any], **fields: Any):
     from .models import Delivery
 
     return Delivery(
         event=event,
-        endpoint_id=endpoint.id,
+        endpoint_id=endpoint_id,
         tenant=event.tenant,
         event_type=event.event_type,
-        **delivery_form(endpoint, env, data, test=test),
+        **form,
         **fields,
     )
 
@@ -621,23 +625,23 @@ class _DeliveryRows:
         self.fields = [f for f in Delivery._meta.concrete_fields if not f.primary_key]
         self.columns = [f.column for f in self.fields]
         self.at = {f.attname: i for i, f in enumerate(self.fields)}
-        # Defaults of the columns nobody sets; a callable one is called per row.
+        # Defaults of the columns nobody sets.
         self.template: list = [None] * len(self.fields)
-        self.called: list = []
         for i, f in enumerate(self.fields):
             if f.attname in _PER_EVENT or f.attname in _PER_ENDPOINT or f.attname == "event_id":
                 continue
             stamped = getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
-            if stamped or (
-                type(f).pre_save is not models.Field.pre_save
-                and not isinstance(f, models.DateField)  # (its pre_save only stamps)
+            if (
+                stamped
+                or (f.has_default() and callable(f.default))
+                or (
+                    type(f).pre_save is not models.Field.pre_save
+                    and not isinstance(f, models.DateField)  # (its pre_save only stamps)
+                )
             ):
-                # Its value would come from pre_save(), which no templated row runs.
+                # A value per row (from pre_save() or a callable default): not a template's.
                 raise ImproperlyConfigured(f"emit() does not fill Delivery.{f.name}: add it above")
-            if f.has_default() and callable(f.default):
-                self.called.append((i, f))
-            else:
-                self.template[i] = f.get_db_prep_save(f.get_default(), conn)
+            self.template[i] = f.get_db_prep_save(f.get_default(), conn)
         self.statements: dict[int, str] = {}
         # Rows per INSERT on SQLite: its limit of bound variables (999 before 3.32) over
         # the row's columns. (PostgreSQL has no limit here, and one statement.)
@@ -664,8 +668,6 @@ class _DeliveryRows:
             row[at["body"]] = form["body"]
             row[at["content_type"]] = form["content_type"]
             row[at["method"]] = form["method"]
-            for i, f in self.called:
-                row[i] = f.get_db_prep_save(f.get_default(), conn)
             out.append(row)
         return out
 
@@ -686,22 +688,15 @@ def _insert_outbox(event, deliveries: list[tuple[int, dict]], using: str | None)
 
     db = using or router.db_for_write(Event)
     conn = connections[db]
-    due = event.created_at + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])
+    now = event.created_at
+    due = now + timedelta(seconds=app_settings.RETRY_SCHEDULE[0])
     if conn.vendor not in ("postgresql", "sqlite") or not (
         conn.features.can_return_columns_from_insert
     ):
         event.save(using=db)
         Delivery.objects.using(db).bulk_create(
             [
-                Delivery(
-                    event=event,
-                    endpoint_id=endpoint_id,
-                    tenant=event.tenant,
-                    event_type=event.event_type,
-                    next_attempt_at=due,
-                    created_at=event.created_at,
-                    **form,
-                )
+                _delivery(event, endpoint_id, form, next_attempt_at=due, created_at=now)
                 for endpoint_id, form in deliveries
             ]
         )

@@ -316,19 +316,19 @@ def _record_sql(conn, names: tuple) -> str:
 
 def reset_failures_sql(conn, endpoints: int) -> str:
     """An UPDATE that ends the run of failed deliveries of ``endpoints`` endpoints (their
-    ids are the parameters), for a recorded success: whatever the worker's (possibly
-    stale) Endpoint object says, another worker may have counted failures since it was
-    loaded. A row with no run is not written (nor locked)."""
+    ids are the parameters, see ``id_params``), for a recorded success: whatever the
+    worker's (possibly stale) Endpoint object says, another worker may have counted
+    failures since it was loaded. A row with no run is not written (nor locked)."""
     return _cached(
-        (conn.alias, "reset", endpoints),
-        lambda: _reset_failures_sql(conn, ", ".join(["%s"] * endpoints)),
+        (conn.alias, "reset", _shape(conn, endpoints)),
+        lambda: _reset_failures_sql(conn, endpoints),
     )
 
 
-def _reset_failures_sql(conn, ids: str) -> str:
+def _reset_failures_sql(conn, n: int) -> str:
     q = conn.ops.quote_name
     failures = q("consecutive_failures")
     return (
         f"UPDATE {q(Endpoint._meta.db_table)} SET {failures} = 0 "
-        f"WHERE {q('id')} IN ({ids}) AND {failures} > 0"
+        f"WHERE {_id_in(conn, q('id'), Endpoint, n)} AND {failures} > 0"
     )
